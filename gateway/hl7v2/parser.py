@@ -16,7 +16,7 @@ separator itself is MSH-1 and the encoding characters are MSH-2, so MSH-9 is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 __all__ = [
@@ -42,12 +42,25 @@ CHARSETS = {
     "8859/7": "iso-8859-7",
     "8859/9": "iso-8859-9",
     "8859/15": "iso-8859-15",
+    "8859/3": "iso-8859-3",
+    "8859/4": "iso-8859-4",
+    "8859/6": "iso-8859-6",
+    "8859/8": "iso-8859-8",
+    "GB 18030-2000": "gb18030",
+    "BIG-5": "big5",
+    "KS X 1001": "euc_kr",
     "ISO IR100": "iso-8859-1",
     "WINDOWS-1252": "cp1252",
     "CP1252": "cp1252",
 }
 
 _SEGMENT_END = re.compile(r"\r\n|\n\r|\n|\r")
+# An MSH at the start of the text or of a segment (not "MSH" inside some field).
+_MSH_AT_SEGMENT_START = re.compile(r"(?:^|[\r\n])MSH")
+_BATCH_SEGMENTS = frozenset(("FHS", "BHS", "BTS", "FTS"))
+# Characters stripped around a message: MLLP framing, blank lines, NULs and a byte-order mark.
+_FRAMING = "\x0b\x1c\r\n \t\x00\ufeff"
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class ParseError(ValueError):
@@ -117,8 +130,8 @@ class Encoding:
             return self.repetition
         if code == "E":
             return self.escape
-        if code == "P":
-            return self.truncation
+        if code == "P":  # v2.7+: the truncation character as data
+            return self.truncation or literal
         if code == ".br":
             return "\n"
         if code in ("H", "N"):  # highlighting on/off: formatting, no text
@@ -128,9 +141,18 @@ class Encoding:
                 return bytes.fromhex(code[1:]).decode(self.charset, errors="replace")
             except ValueError:
                 return literal
-        if code[:1] in ("C", "M", "Z") or code[:3] in (".sp", ".in", ".ti", ".fi", ".nf", ".ce", ".sk"):
-            # Character-set switches and formatting commands carry no text of their own.
+        head = code[:1]
+        if head in ("C", "M"):
+            # \Cxxyy\ and \Mxxyy[zz]\ switch character sets (ISO 2022): no text of their own.
+            # Anything else that happens to start with C or M is not an escape: keep it.
+            hexdigits = code[1:]
+            if len(hexdigits) in ((4,) if head == "C" else (4, 6)) and all(c in _HEX for c in hexdigits):
+                return ""
+            return literal
+        if code[:3] in (".sp", ".in", ".ti", ".fi", ".nf", ".ce", ".sk"):
+            # Formatting commands carry no text of their own; a line skip is a line break.
             return "\n" if code[:3] == ".sp" else ""
+        # Unknown escapes, including locally defined \Z..\ ones we cannot know, stay as sent.
         return literal
 
     def escape_text(self, text: str) -> str:
@@ -141,7 +163,7 @@ class Encoding:
         if esc in text:
             text = text.replace(esc, f"{esc}E{esc}")
         for char, code in ((self.field, "F"), (self.component, "S"), (self.subcomponent, "T"),
-                           (self.repetition, "R")):
+                           (self.repetition, "R"), (self.truncation, "P")):
             if char and char in text:
                 text = text.replace(char, f"{esc}{code}{esc}")
         if "\r" in text or "\n" in text:
@@ -187,6 +209,9 @@ class Segment:
     def field(self, n: int) -> list[list[list[str]]]:
         """Field n as repetitions -> components -> sub-components, unescaped."""
         enc = self.enc
+        if self.name == "MSH" and n in (1, 2):  # the separators themselves: never split them
+            raw = self.raw(n)
+            return [[[raw]]] if raw else []
         out = []
         for rep in self.repetitions(n):
             out.append([[enc.unescape(sub) for sub in comp.split(enc.subcomponent)]
@@ -199,6 +224,8 @@ class Segment:
         reps = self.repetitions(n)
         if repetition >= len(reps):
             return []
+        if self.name == "MSH" and n in (1, 2):
+            return reps
         return split_components(reps[repetition], self.enc)
 
     def value(self, n: int, component: int = 1, subcomponent: int = 1, repetition: int = 0) -> str:
@@ -356,16 +383,42 @@ def read_encoding(header: str, charset: str = "utf-8") -> Encoding:
     if len(header) < 8 or header[:3] not in ("MSH", "FHS", "BHS"):
         raise ParseError("the message does not start with an MSH segment", code=100)
     field = header[3]
-    if field.isalnum() or field in "\r\n":
+    if not _legal_separator(field):
         raise ParseError(f"MSH-1 field separator {field!r} is not a legal separator", field=1, code=102)
     end = header.find(field, 4)
     msh2 = header[4:end] if end >= 0 else header[4:]
-    if len(msh2) < 4 or any(c.isalnum() or c in "\r\n" for c in msh2) or len(set(msh2[:4] + field)) != 5:
-        raise ParseError(f"MSH-2 encoding characters {msh2!r} are not four distinct separators",
-                         field=2, code=102)
+    # Four encoding characters, plus the truncation character from v2.7 on; all distinct.
+    if (len(msh2) not in (4, 5) or not all(_legal_separator(c) for c in msh2)
+            or len(set(msh2 + field)) != len(msh2) + 1):
+        raise ParseError(f"MSH-2 encoding characters {msh2[:10]!r} are not four (or five) distinct "
+                         "separators", field=2, code=102)
     return Encoding(field=field, component=msh2[0], repetition=msh2[1], escape=msh2[2],
                     subcomponent=msh2[3], truncation=msh2[4] if len(msh2) > 4 else "",
                     charset=charset)
+
+
+def _legal_separator(char: str) -> bool:
+    """Separators are printable, non-alphanumeric ASCII-range characters (no spaces, no controls)."""
+    return not char.isalnum() and char.isprintable() and not char.isspace()
+
+
+def _charset_of_header(header: str) -> str:
+    """The Python codec for MSH-18 of an MSH line (the first repetition is the default
+    character set of the message; later ones are alternates for ISO 2022 switching)."""
+    if len(header) < 8:
+        return "utf-8"
+    sep = header[3]
+    fields = header.split(sep, 18)
+    # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n-1].
+    if len(fields) < 18:
+        return "utf-8"
+    msh18 = fields[17]
+    if not msh18:
+        return "utf-8"
+    if len(header) > 5:
+        msh18 = msh18.split(header[5])[0]  # repetition separator
+    name = msh18.split(header[4])[0].strip().upper()
+    return CHARSETS.get(name, "utf-8")
 
 
 def _charset_from_bytes(data: bytes) -> str:
@@ -378,14 +431,7 @@ def _charset_from_bytes(data: bytes) -> str:
         pos = data.find(terminator, start)
         if 0 <= pos < end:
             end = pos
-    header = data[start:end].decode("latin-1")
-    sep = header[3]
-    fields = header.split(sep)
-    # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n-1].
-    if len(fields) < 18:
-        return "utf-8"
-    name = fields[17].split(header[4] if len(header) > 4 else "^")[0].strip().upper()
-    return CHARSETS.get(name, "utf-8")
+    return _charset_of_header(data[start:end].decode("latin-1"))
 
 
 def decode_bytes(data: bytes) -> tuple[str, str, list[str]]:
@@ -397,6 +443,13 @@ def decode_bytes(data: bytes) -> tuple[str, str, list[str]]:
     """
     codec = _charset_from_bytes(data)
     warnings: list[str] = []
+    bom = data.find(b"\xef\xbb\xbf", 0, 4)
+    if bom >= 0 and not data[:bom].strip(b"\x0b\r\n\x00"):
+        # A UTF-8 byte-order mark (files saved by some editors) says how the bytes are encoded.
+        data = data[:bom] + data[bom + 3:]
+        if codec != "utf-8":
+            warnings.append(f"UTF-8 byte-order mark overrides MSH-18 ({codec}); read as utf-8")
+            codec = "utf-8"
     try:
         return data.decode(codec), codec, warnings
     except UnicodeDecodeError as exc:
@@ -410,14 +463,18 @@ def parse_message(data: str | bytes) -> Message:
     if isinstance(data, (bytes, bytearray, memoryview)):
         text, codec, warnings = decode_bytes(bytes(data))
     else:
-        text, codec = data, "utf-8"
-    text = text.strip("\x0b\x1c\r\n \t\x00")
+        text, codec = data, ""
+    text = text.strip(_FRAMING)
+    in_batch = False
     if not text.startswith("MSH"):
-        start = text.find("MSH")
-        if start < 0 or (start > 0 and text[start - 1] not in "\r\n"):
+        found = _MSH_AT_SEGMENT_START.search(text)
+        if found is None:
             raise ParseError("no MSH segment found", code=100)
-        text = text[start:]
-    enc = read_encoding(text, codec)
+        # Whatever precedes the MSH (a batch header, a stray line) is not part of the message;
+        # the batch trailers that may follow it are not either.
+        in_batch = True
+        text = text[found.end() - 3:]
+    enc = read_encoding(text, codec or "utf-8")
     if "\n" in text:
         lines = _SEGMENT_END.split(text)
     else:
@@ -428,16 +485,23 @@ def parse_message(data: str | bytes) -> Message:
     for line in lines:
         if not line.strip():
             continue
-        index += 1
         fields = line.split(field_sep)
         name = fields[0].strip().upper()
+        if in_batch and name in _BATCH_SEGMENTS:
+            continue
+        index += 1
         if name == "MSH":
             if segments:
                 raise ParseError("a second MSH segment inside one message", segment="MSH",
-                                 sequence=index, code=100)
+                                 sequence=2, code=100)
             # Re-number so fields[n] is MSH-n: MSH-1 is the separator itself.
             fields = ["MSH", field_sep] + fields[1:]
-        elif len(name) != 3 or not name.isalnum():
+            if not codec and len(fields) > 18 and fields[18]:
+                # Text given as str: \X..\ escapes still decode in the MSH-18 character set.
+                charset = _charset_of_header(line)
+                if charset != enc.charset:
+                    enc = replace(enc, charset=charset)
+        elif len(name) != 3 or not name.isalnum() or not name.isascii():
             raise ParseError(f"segment {index} has an invalid name {name[:10]!r}",
                              segment=name[:3] or "???", sequence=index, code=100)
         segments.append(Segment(name, fields, enc, index))
@@ -453,7 +517,7 @@ def split_batch(data: str | bytes) -> list[str]:
         text, _codec, _warnings = decode_bytes(bytes(data))
     else:
         text = data
-    text = text.replace("\x0b", "").replace("\x1c", "")
+    text = text.replace("\x0b", "").replace("\x1c", "").replace("\ufeff", "")
     messages: list[list[str]] = []
     for line in _SEGMENT_END.split(text):
         stripped = line.strip()

@@ -1,0 +1,40 @@
+"""The CapabilityStatement, generated from what is really implemented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+from gateway.store.search_params import RESOURCE_TYPES, params_for
+
+_TYPE_DOCS = {"_id": "Logical id of the resource"}
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    resources = []
+    for rtype in RESOURCE_TYPES:
+        params = [
+            {"name": p.name, "type": p.type if p.type != "uri" else "uri",
+             "definition": f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name.lstrip('_')}"
+             if not p.name.startswith("_") else f"http://hl7.org/fhir/SearchParameter/Resource-{p.name[1:]}"}
+            for p in params_for(rtype).values()
+        ]
+        resources.append({
+            "type": rtype,
+            "versioning": "versioned",
+            "readHistory": True,
+            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+            "searchParam": params,
+        })
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "kind": "instance",
+        "software": {"name": "FHIR safeguarding gateway", "version": __version__},
+        "implementation": {"description": "HL7 v2 and GP-record gateway joining up children's missed appointments",
+                           "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{"mode": "server", "resource": resources}],
+    }

@@ -1,0 +1,180 @@
+"""Turn a resource into search-index rows, driven by ``search_params``.
+
+Each extractor knows one FHIR datatype family (Identifier/CodeableConcept/code for
+tokens, HumanName/Address/string for strings, date/Period for dates, Reference
+for references).  The result is four lists of tuples, ready for ``executemany``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+from gateway.store.search_params import SearchParam, indexed_params
+
+MAX_VALUE = 255
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(slots=True)
+class IndexRows:
+    token: list[tuple[str, str, str]] = field(default_factory=list)  # param, system, code
+    string: list[tuple[str, str, str]] = field(default_factory=list)  # param, norm, exact
+    date: list[tuple[str, int, int]] = field(default_factory=list)  # param, low_us, high_us
+    reference: list[tuple[str, str, str]] = field(default_factory=list)  # param, type, id
+
+
+def walk(node: Any, path: tuple[str, ...]) -> Iterator[Any]:
+    """Yield every value at ``path`` below ``node``, flattening lists on the way."""
+    if not path:
+        if isinstance(node, list):
+            yield from node
+        elif node is not None:
+            yield node
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from walk(item, path)
+        return
+    if isinstance(node, dict):
+        child = node.get(path[0])
+        if child is not None:
+            yield from walk(child, path[1:])
+
+
+def normalise_string(value: str) -> str:
+    """Case- and accent-insensitive form used by the default string search."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()[:MAX_VALUE]
+
+
+# --- date ranges ----------------------------------------------------------------------
+
+def to_us(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def date_range(value: str) -> tuple[int, int] | None:
+    """The instant range a FHIR date/dateTime/instant covers, in epoch microseconds.
+
+    "2024" covers the whole year, "2024-05-01" the whole day, a time to the second
+    covers that second.  Values with no zone are read as UTC (FHIR leaves it open).
+    """
+    try:
+        if len(value) == 4:
+            low = datetime(int(value), 1, 1, tzinfo=timezone.utc)
+            high = datetime(int(value) + 1, 1, 1, tzinfo=timezone.utc)
+        elif len(value) == 7:
+            year, month = int(value[:4]), int(value[5:7])
+            low = datetime(year, month, 1, tzinfo=timezone.utc)
+            high = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+        elif len(value) == 10:
+            low = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+            high = low + timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            low = moment
+            precision = timedelta(seconds=1) if moment.microsecond == 0 and "." not in value else \
+                timedelta(microseconds=1)
+            if len(value) in (16, 22) or (len(value) > 16 and value[16] in "+-Z"):
+                precision = timedelta(minutes=1)  # hh:mm without seconds (search values)
+            high = moment + precision
+    except (ValueError, IndexError):
+        return None
+    return to_us(low), to_us(high) - 1
+
+
+# --- extraction -----------------------------------------------------------------------
+
+def _tokens(value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        if "coding" in value or "text" in value and "value" not in value:
+            for coding in value.get("coding") or ():
+                if coding.get("code"):
+                    yield coding.get("system", ""), coding["code"]
+            return
+        if "code" in value:  # Coding
+            yield value.get("system", ""), value["code"]
+            return
+        if "value" in value:  # Identifier, ContactPoint
+            yield value.get("system", ""), str(value["value"])
+            return
+    elif isinstance(value, bool):
+        yield "", "true" if value else "false"
+    elif isinstance(value, (str, int)):
+        yield "", str(value)
+
+
+_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+_ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        parts = _NAME_PARTS if ("family" in value or "given" in value) else _ADDRESS_PARTS
+        for part in parts:
+            item = value.get(part)
+            if isinstance(item, list):
+                yield from (v for v in item if isinstance(v, str))
+            elif isinstance(item, str):
+                yield item
+
+
+def _dates(value: Any) -> Iterator[tuple[int, int]]:
+    if isinstance(value, str):
+        rng = date_range(value)
+        if rng:
+            yield rng
+    elif isinstance(value, dict) and ("start" in value or "end" in value):
+        start = date_range(value["start"]) if value.get("start") else None
+        end = date_range(value["end"]) if value.get("end") else None
+        low = start[0] if start else -(2**62)
+        high = end[1] if end else 2**62
+        yield low, high
+
+
+def split_reference(reference: str) -> tuple[str, str] | None:
+    """'Patient/123', 'http://x/fhir/Patient/123' or 'Patient/123/_history/2' -> (type, id)."""
+    if not reference or reference.startswith(("#", "urn:")):
+        return None
+    parts = reference.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) < 2 or not parts[-2][:1].isupper():
+        return None
+    return parts[-2], parts[-1]
+
+
+def extract(resource_type: str, resource: dict[str, Any]) -> IndexRows:
+    rows = IndexRows()
+    for param in indexed_params(resource_type):
+        _extract_param(param, resource, rows)
+    return rows
+
+
+def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows) -> None:
+    name = param.name
+    for path in param.paths:
+        for value in walk(resource, path):
+            if param.type == "token":
+                for system, code in _tokens(value):
+                    rows.token.append((name, system[:MAX_VALUE], code[:MAX_VALUE]))
+            elif param.type == "string":
+                for text in _strings(value):
+                    rows.string.append((name, normalise_string(text), text[:MAX_VALUE]))
+            elif param.type == "date":
+                for low, high in _dates(value):
+                    rows.date.append((name, low, high))
+            elif param.type == "reference":
+                ref = value.get("reference") if isinstance(value, dict) else None
+                target = split_reference(ref) if ref else None
+                if target and (not param.targets or target[0] in param.targets):
+                    rows.reference.append((name, target[0], target[1][:MAX_VALUE]))
+            elif param.type == "uri" and isinstance(value, str):
+                rows.token.append((name, "", value[:MAX_VALUE]))
