@@ -425,3 +425,11 @@ def test_iter_frames_and_decoder_limits() -> None:
     assert [(e.kind, e.size) for e in events] == [("oversize", 100_008), ("message", 0)]
     assert len(events[0].data) == 64 * 1024 and events[1].data == b"ok"
     assert decoder.finish() == []
+
+
+def test_decoder_oversize_frame_abandoned_for_a_new_one() -> None:
+    decoder = MllpDecoder(max_message_bytes=10)
+    assert decoder.feed(b"\x0bMSH|" + b"z" * 20) == []  # over the limit: now discarding
+    events = decoder.feed(b"z" * 5 + b"\x0bnext\x1c")
+    assert [(e.kind, e.reason, e.size) for e in events] == [("fragment", "unterminated", 29), ("message", "", 0)]
+    assert events[0].data == b"MSH|" + b"z" * 25 and events[1].data == b"next"

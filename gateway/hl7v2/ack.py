@@ -155,7 +155,15 @@ def _err_segment(issue: Issue, enc: Encoding) -> str:
     err2 = comp.join(esc(p) for p in erl)
     err3 = comp.join((code, table_text, "HL70357"))
     severity = issue.severity if issue.severity in ("E", "W", "I") else "E"
-    return enc.field.join(("ERR", err1, err2, err3, severity, "", "", "", esc(issue.text)))
+    return enc.field.join(("ERR", err1, err2, err3, severity, "", "", "", esc(_one_line(issue.text))))
+
+
+def _one_line(text: str) -> str:
+    """Line breaks become spaces: ``\\.br\\`` is only meaningful in FT fields, and ERR-8 (TX)
+    and MSA-3 (ST) are read as plain text by most engines."""
+    if "\r" in text or "\n" in text:
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text
 
 
 def _msa_text(code: str, issues: list[Issue], text: str) -> str:

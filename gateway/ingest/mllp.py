@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 __all__ = [
     "END_BLOCK",
@@ -233,12 +233,10 @@ class MllpDecoder:
         assert head is not None
         end = data.find(END_BLOCK)
         restart = data.find(START_BLOCK, 0, end if end >= 0 else len(data))
-        stop = len(data) if end < 0 and restart < 0 else (restart if restart >= 0 else end)
-        if len(head) < HEAD_BYTES:
-            head += data[: min(stop, HEAD_BYTES - len(head))]
-        self._discard_size += stop
-        if end < 0 and restart < 0:
+        if restart < 0 and end < 0:  # still inside the oversize frame
+            self._extend_discard(data, len(data))
             return b""
+        self._extend_discard(data, restart if restart >= 0 else end)
         if restart >= 0:
             event = FrameEvent(FRAGMENT, bytes(head), size=self._discard_size, reason=UNTERMINATED)
             rest = data[restart:]
@@ -249,6 +247,15 @@ class MllpDecoder:
         self._discard_head = None
         self._discard_size = 0
         return rest
+
+
+    def _extend_discard(self, data: bytes, stop: int) -> None:
+        """Count ``data[:stop]`` as part of the oversize frame, topping up its head."""
+        head = self._discard_head
+        assert head is not None
+        if len(head) < HEAD_BYTES:
+            head += data[: min(stop, HEAD_BYTES - len(head))]
+        self._discard_size += stop
 
 
 def _after_end_block(data: bytes | bytearray, end: int) -> int:
@@ -303,8 +310,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         self.peer = _peer_name(transport.get_extra_info("peername"))
         logger.debug("MLLP connection from %s", self.peer)
         self._server._connected(self)
