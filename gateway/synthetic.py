@@ -73,7 +73,7 @@ def siu_message(child: Child, appointment_no: int, event: str, *, control_id: st
     return "\r".join([
         f"MSH|^~\\&|RXPAS|RXH|FHIRGW|GW|{sent.strftime('%Y%m%d%H%M%S')}||SIU^{event}^SIU_S12|{control_id}|P|2.5.1",
         f"SCH|{appt}^RXPAS|{appt}F^RXPAS||||{cancel[1:]}|ROUTINE^Routine^HL70276|FOLLOWUP^Follow-up|20|min|"
-        f"^^20^{start}^{start}||||||||||||||{status}",
+        f"^^M20^{start}^{start}||||||||||||||{status}",
         "TQ1|1||||||" + start + "00|" + (when + timedelta(minutes=20)).strftime("%Y%m%d%H%M") + "00",
         pid_segment(child),
         "PV1|1|O|PAED^^^RXH||||C1234567^Whitfield^Jo^^^Dr^^^GMC",

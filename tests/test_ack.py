@@ -51,19 +51,25 @@ class ReadBack:
         self.pyhl7 = hl7.parse(ack)
         self.hl7apy = hl7apy_parse(ack, validation_level=VALIDATION_LEVEL.TOLERANT)
 
+    def _apy(self, element) -> str:
+        """hl7apy's ER7 for an element; it writes a v2.7 truncation character in data as \\L\\."""
+        text = element.to_er7() if element else ""
+        enc = self.ours.enc
+        return text.replace(f"{enc.escape}L{enc.escape}", enc.truncation) if enc.truncation else text
+
     def msh(self, n: int) -> str:
         """MSH-n raw, checked to be the same in all three parsers."""
         ours = self.ours.msh.raw(n)
         assert str(self.pyhl7.segment("MSH")[n]) == ours
         if n > 1:
             child = getattr(self.hl7apy.msh, f"msh_{n}")
-            assert (child.to_er7() if child else "") == ours, n
+            assert self._apy(child) == ours, n
         return ours
 
     def msa(self, n: int) -> str:
         ours = self.ours.find("MSA").raw(n)
         assert str(self.pyhl7.segment("MSA")[n]) == ours
-        assert getattr(self.hl7apy.msa, f"msa_{n}").to_er7() == ours
+        assert self._apy(getattr(self.hl7apy.msa, f"msa_{n}")) == ours
         return ours
 
     def errs(self) -> list:
@@ -73,10 +79,11 @@ class ReadBack:
         apy = self.hl7apy.children.get("ERR") if ours else []
         assert len(apy) == len(ours)
         for mine, other, third in zip(ours, theirs, apy):
-            for n in range(1, 9):
-                assert str(other[n]) == mine.raw(n) if n < len(other) else mine.raw(n) == ""
+            assert len(other) == len(mine.fields)
+            for n in range(1, len(mine.fields)):
+                assert str(other[n]) == mine.raw(n)
                 element = getattr(third, f"err_{n}")
-                assert (element.to_er7() if element else "") == mine.raw(n), n
+                assert self._apy(element) == mine.raw(n), n
         return ours
 
 
@@ -178,6 +185,18 @@ def test_table_0357_texts(code):
     assert err.value(3, 1) == str(code)
     assert err.value(3, 2) == TABLE_0357[code]
     assert err.value(3, 3) == "HL70357"
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4"])
+def test_before_v2_5_err_has_only_err1_carrying_the_message(version):
+    issues = [Issue("E", 101, "PID-3 has no NHS | number", "PID", 1, 3), Issue("W", 103, "odd code")]
+    ack = ReadBack(build_ack(parse_message(siu(version=version)), "AE", issues, now=NOW))
+    assert ack.msh(12) == version
+    first, second = ack.errs()
+    assert len(first.fields) == 2 and len(second.fields) == 2  # ERR-1 only
+    assert first.raw(1) == "PID^1^3^101&PID-3 has no NHS \\F\\ number&HL70357"
+    assert first.value(1, 4, 2) == "PID-3 has no NHS | number"
+    assert second.raw(1) == "^^^103&odd code&HL70357"
 
 
 def test_warnings_may_accompany_aa():
@@ -310,29 +329,32 @@ def test_generic_reject_on_a_truncated_msh():
 
 
 def test_generic_reject_salvages_control_id_trigger_and_version():
-    raw = siu(control="CTRL-77", version="2.4").replace("PID|1", "P!D|1").encode()
+    raw = siu(control="CTRL-77", version="2.6").replace("PID|1", "P!D|1").encode()
     with pytest.raises(ParseError) as err:
         parse_message(raw)
     ack = ReadBack(generic_reject(raw, str(err.value), issues=[issue_from_parse_error(err.value)], now=NOW))
     assert ack.msa(1) == "AR"
     assert ack.msa(2) == "CTRL-77"
     assert ack.msh(9) == "ACK^S12^ACK"
-    assert ack.msh(12) == "2.4"
+    assert ack.msh(12) == "2.6"
     assert ack.msh(5) == "PAS"
     (err_seg,) = ack.errs()
     assert err_seg.value(2, 1) == "P!D"
     assert err_seg.value(2, 2) == "3"  # the third segment
+    assert err_seg.value(1, 1) == "P!D"  # and in the v2.3-style ERR-1
 
 
 def test_generic_reject_with_custom_separators_converts_to_defaults():
-    raw = siu(control="C$1").translate(str.maketrans("|^~\\&", "#$%@!")).replace("SCH#", "S!H#")
-    raw = raw.replace("C$1", "C@S@1")  # an escaped component separator inside MSH-10
+    raw = siu(control="C1").translate(str.maketrans("|^~\\&", "#$%@!")).replace("SCH#", "S!H#")
+    # MSH-10 holds a "|" (plain data under "#" separators) and an escaped "#".
+    raw = raw.replace("#C1#", "#C|1@F@2#")
     ack = ReadBack(generic_reject(raw, "bad segment", now=NOW))
     assert ack.msh(1) == "|"
     assert ack.msh(2) == "^~\\&"
-    assert ack.msa(2) == "C\\S\\1"
-    assert ack.ours.find("MSA").value(2) == "C^1"
-    assert ack.msh(6) == "RVH^1.2.826.0.1.285^ISO"
+    assert ack.msa(2) == "C\\F\\1#2"
+    assert ack.ours.find("MSA").value(2) == "C|1#2"
+    assert ack.msh(6) == "RVH^1.2.826.0.1.285^ISO"  # components re-joined with "^"
+    assert ack.msh(9) == "ACK^S12^ACK"
 
 
 def test_generic_reject_with_invalid_msh2_still_finds_the_control_id():
@@ -350,6 +372,8 @@ def test_generic_reject_never_breaks_on_separator_like_values():
     ack = ReadBack(generic_reject(raw, "x", now=NOW))
     assert ack.msa(1) == "AR"
     assert len(ack.ours.find("MSA").fields) == 4
+    assert ack.ours.find("MSA").value(2) == "id\\with&odd~chars"  # escaped whole, read back whole
+    assert ack.msh(9) == "ACK^^ACK"  # X^Y was escaped whole too: no trigger to salvage
 
 
 # --- ack_code_of -----------------------------------------------------------------------------

@@ -102,14 +102,16 @@ def test_hash_field_separator_with_dollar_percent_at_bang():
 
 
 def test_truncation_character_in_msh2():
-    text = "MSH|^~\\&#|PAS|RVH|GW|GWF|20240501||ADT^A04^ADT_A01|C1|P|2.7\rPID|1||X1||Smith\\P\\Jones^Al\r"
+    text = "MSH|^~\\&#|PAS|RVH|GW|GWF|20240501||ADT^A04^ADT_A01|C1|P|2.7\rPID|1||X1||Smith\\L\\Jones^Al#\r"
     msg = parse_message(text)
     assert msg.enc.truncation == "#"
     assert msg.enc.msh2 == "^~\\&#"
     assert msg.msh.raw(2) == "^~\\&#"
     assert msg.msh.raw(3) == "PAS"  # MSH-2 with five characters does not shift the fields
     assert msg.version == "2.7"
-    assert msg.find("PID").value(5, 1) == "Smith#Jones"
+    assert msg.find("PID").value(5, 1) == "Smith#Jones"  # \\L\\ is the truncation character as data
+    assert msg.find("PID").value(5, 2) == "Al#"  # a trailing # is the truncation mark, kept as sent
+    assert Encoding().unescape("\\L\\") == "\\L\\"  # no truncation character declared: unknown
 
 
 # --- escape sequences ------------------------------------------------------------------------
@@ -276,6 +278,14 @@ def test_fhs_bhs_batch_with_several_messages():
     assert [m.find("PID").value(5, 2) for m in parsed] == ["Amelia", "Ben", "Cara"]
     for m in parsed:
         assert [s.name for s in m][-1] == "AIP"  # no batch trailer inside a message
+
+
+def test_file_with_two_batches():
+    batch = ("FHS|^~\\&|PAS\rBHS|^~\\&|PAS|||||B1\r" + siu_s12(control="B1-1") + "BTS|1\r"
+             "BHS|^~\\&|PAS|||||B2\r" + siu_s12(control="B2-1") + siu_s12(control="B2-2") + "BTS|2\rFTS|2\r")
+    parsed = [parse_message(p) for p in split_batch(batch)]
+    assert [m.control_id for m in parsed] == ["B1-1", "B2-1", "B2-2"]
+    assert all([s.name for s in m] == ["MSH", "SCH", "PID", "PV1", "RGS", "AIS", "AIL", "AIP"] for m in parsed)
 
 
 def test_plain_concatenated_messages_with_lf_ends():
@@ -450,9 +460,10 @@ ENCODINGS = [Encoding(), Encoding("#", "$", "%", "@", "!"), Encoding("|", "^", "
 
 def _round_trip(enc: Encoding, text: str) -> None:
     escaped = enc.escape_text(text)
-    for sep in (enc.field, enc.component, enc.repetition, enc.subcomponent, enc.truncation):
-        if sep:
-            assert sep not in escaped, (text, escaped)
+    for sep in (enc.field, enc.component, enc.repetition, enc.subcomponent):
+        assert sep not in escaped, (text, escaped)
+    if enc.truncation:
+        assert not escaped.endswith(enc.truncation), (text, escaped)
     assert "\r" not in escaped and "\n" not in escaped
     assert enc.unescape(escaped) == text, (text, escaped)
     # And it survives a trip through a real message in that encoding.
@@ -493,4 +504,6 @@ def test_escape_text_examples(text):
 def test_escape_text_output():
     assert Encoding().escape_text("A|B^C&D~E\\F") == "A\\F\\B\\S\\C\\T\\D\\R\\E\\E\\F"
     assert Encoding().escape_text("one\r\ntwo") == "one\\.br\\two"
-    assert Encoding("|", "^", "~", "\\", "&", "#").escape_text("#1") == "\\P\\1"
+    v27 = Encoding("|", "^", "~", "\\", "&", "#")
+    assert v27.escape_text("#1 and #2") == "#1 and #2"  # only a final # would read as truncation
+    assert v27.escape_text("Flat 2#") == "Flat 2\\L\\"

@@ -34,7 +34,12 @@ One ERR per :class:`~gateway.hl7v2.errors.Issue`:
 * ERR-2 (ERL): ``SEG^seq^field^repetition^component``, only the parts we know
 * ERR-3 (CWE): ``code^table-0357 text^HL70357``
 * ERR-4: severity E, W or I
-* ERR-8: the human-readable message
+* ERR-8: the human-readable message (on one line: ``\\.br\\`` belongs in FT fields only)
+
+The ACK echoes the sender's MSH-12, and before v2.5 the ERR segment has only ERR-1.
+For v2.1-v2.4 senders (common among UK PAS feeds) the ERR is therefore ERR-1 alone,
+with the human-readable message as the text of its code (``SEG^seq^field^code&message&HL70357``),
+which is where those engines show it.
 
 Warnings (severity W or I) may accompany an AA.
 """
@@ -106,8 +111,8 @@ def _reply_code(msg: Message | None, code: str) -> str:
     """The MSA-1 to send for an outcome ``code`` (AA/AE/AR), given the sender's ACK mode."""
     if msg is None or ack_mode(msg) == "original":
         return code
-    accept = msg.accept_ack_type
-    application = msg.application_ack_type
+    accept = msg.accept_ack_type.strip()
+    application = msg.application_ack_type.strip()
     if accept in ("", "NE") and application in _APPLICATION_ACK_TYPES:
         return code
     return _COMMIT_CODES[code]
@@ -145,12 +150,23 @@ def _location(issue: Issue) -> tuple[list[str], list[str]]:
     return eld, erl
 
 
-def _err_segment(issue: Issue, enc: Encoding) -> str:
+def _is_legacy(version: str) -> bool:
+    """True for v2.1-v2.4, whose ERR segment has ERR-1 only."""
+    found = re.match(r"\s*2\.(\d+)", version)
+    return bool(found) and int(found.group(1)) < 5
+
+
+def _err_segment(issue: Issue, enc: Encoding, legacy: bool = False) -> str:
     esc = enc.escape_text
     comp, sub = enc.component, enc.subcomponent
     code = str(issue.code)
     table_text = esc(TABLE_0357.get(issue.code, ""))
     eld, erl = _location(issue)
+    if legacy:
+        # v2.1-v2.4: ERR-1 is all there is, so its code text carries our message.
+        text = esc(_one_line(issue.text)) or table_text
+        err1 = comp.join([esc(p) for p in eld or ["", "", ""]] + [sub.join((code, text, "HL70357"))])
+        return enc.field.join(("ERR", err1))
     err1 = comp.join([esc(p) for p in eld or ["", "", ""]] + [sub.join((code, table_text, "HL70357"))])
     err2 = comp.join(esc(p) for p in erl)
     err3 = comp.join((code, table_text, "HL70357"))
@@ -200,7 +216,8 @@ def _assemble(enc: Encoding, *, sending_application: str, sending_facility: str,
     if charset_raw:
         msh += ["", "", "", "", "", charset_raw]  # MSH-13..17 empty, MSH-18 echoed
     segments = [fs.join(msh), fs.join(("MSA", code, acked_control_raw, esc(msa_text)))]
-    segments.extend(_err_segment(issue, enc) for issue in issues)
+    legacy = _is_legacy(msh[11])
+    segments.extend(_err_segment(issue, enc, legacy) for issue in issues)
     return "\r".join(segments) + "\r"
 
 
@@ -258,8 +275,9 @@ _MSH_START = re.compile(r"(?:^|[\r\n\x0b])\s*MSH")
 
 
 def _salvage_header(raw_head: bytes | str) -> list[str] | None:
-    """Unescaped MSH fields (index n = MSH-n) read from whatever is left of a broken message,
-    or None when there is no MSH at all.  Values whose encoding is unknown are taken as sent."""
+    """The MSH fields (index n = MSH-n) of whatever is left of a broken message, re-encoded
+    for the default separators (first repetition only), or None when there is no MSH at all.
+    When the message's own separators cannot be read, each value is escaped whole."""
     if isinstance(raw_head, (bytes, bytearray, memoryview)):
         text = decode_bytes(bytes(raw_head))[0]
     else:

@@ -37,6 +37,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from gateway.hl7v2.errors import Issue, Severity
 from gateway.hl7v2.parser import (
@@ -181,8 +182,18 @@ class _Found:
 
 @dataclass
 class _Checker:
+    """One run of :func:`check_structure` over one message."""
+
     raw: str | bytes
     found: list[_Found] = field(default_factory=list)
+    version: str = FALLBACK_VERSION  # the hl7apy library version the message is checked against
+    lib: Any = None  # that hl7apy library module
+    sequence_of: dict[int, int] = field(default_factory=dict)  # segment position -> occurrence (ERL-2)
+    structure_name: str = ""
+    known: frozenset[str] = frozenset()  # segment names that occur in the message structure
+    segments: list[Segment] = field(default_factory=list)
+    stack: list[_Frame] = field(default_factory=list)  # the groups being matched, outermost first
+    report: str = ""  # hl7apy Validator report file
 
     def add(self, position: int, severity: Severity, code: int, text: str, segment: str = "",
             sequence: int = 1, field_: int | None = None, component: int | None = None,
@@ -216,7 +227,6 @@ class _Checker:
         self.lib = lib
 
         occurrences: dict[str, int] = {}
-        self.sequence_of: dict[int, int] = {}
         for seg in msg.segments:
             occurrences[seg.name] = occurrences.get(seg.name, 0) + 1
             self.sequence_of[seg.index] = occurrences[seg.name]
@@ -239,7 +249,7 @@ class _Checker:
         return out
 
     # message type -> structure ----------------------------------------------------------------
-    def resolve_structure(self, msg: Message, lib) -> str | None:
+    def resolve_structure(self, msg: Message, lib: Any) -> str | None:
         code, event, given = msg.message_code, msg.trigger_event, msg.structure
         messages = lib.MESSAGES
         if not code:
@@ -275,7 +285,7 @@ class _Checker:
         self.structure_name = structure
         self.known = known
         self.segments = msg.segments
-        self.stack: list[_Frame] = []
+        self.stack = []
         self.match(root, 0)  # at the root every segment is either placed or reported
 
     def match(self, node: _Node, i: int) -> int:

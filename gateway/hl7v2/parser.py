@@ -98,7 +98,7 @@ class Encoding:
         return self.component + self.repetition + self.escape + self.subcomponent + self.truncation
 
     def unescape(self, text: str) -> str:
-        """Decode HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\ ...)."""
+        """Decode HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\L\\ \\Xhh\\ \\.br\\ ...)."""
         esc = self.escape
         if not esc or esc not in text:
             return text
@@ -130,8 +130,8 @@ class Encoding:
             return self.repetition
         if code == "E":
             return self.escape
-        if code == "P":  # v2.7+: the truncation character as data
-            return self.truncation or literal
+        if code == "L" and self.truncation:  # v2.7+: the truncation character as data
+            return self.truncation
         if code == ".br":
             return "\n"
         if code in ("H", "N"):  # highlighting on/off: formatting, no text
@@ -163,9 +163,15 @@ class Encoding:
         if esc in text:
             text = text.replace(esc, f"{esc}E{esc}")
         for char, code in ((self.field, "F"), (self.component, "S"), (self.subcomponent, "T"),
-                           (self.repetition, "R"), (self.truncation, "P")):
+                           (self.repetition, "R")):
             if char and char in text:
                 text = text.replace(char, f"{esc}{code}{esc}")
+        trunc = self.truncation
+        if trunc and text.endswith(trunc):
+            # v2.7: a truncation character ends a value that was cut short; only there does a
+            # data character need escaping (\L\, as HAPI and hl7apy read it).  Elsewhere it is
+            # plain data, and left alone: engines before v2.7 do not know \L\.
+            text = text[: -len(trunc)] + f"{esc}L{esc}"
         if "\r" in text or "\n" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{esc}.br{esc}")
         return text

@@ -30,6 +30,7 @@ from gateway.mapping.timestamps import (
 
 __all__ = [
     "CONVERTERS",
+    "texts",
     "Converter",
     "cwe_to_codeable_concept",
     "cx_to_identifier",
@@ -57,6 +58,18 @@ def split_repetition(raw: str, enc: Encoding) -> list[str]:
 
 def _text(raw: str, enc: Encoding) -> str:
     return enc.unescape(raw) if enc.escape and enc.escape in raw else raw
+
+
+def texts(comps: list[str], n: int, enc: Encoding) -> list[str]:
+    """Components 1..n as primitives, unescaped and stripped ('' when absent or HL7 null).
+
+    One call per converter instead of one per component: this is the hot path."""
+    esc = enc.escape
+    out = [(raw if not (esc and esc in raw) else enc.unescape(raw)).strip() if raw and raw != '""' else ""
+           for raw in comps[:n]]
+    if len(out) < n:
+        out.extend([""] * (n - len(out)))
+    return out
 
 
 def comp(comps: list[str], n: int, enc: Encoding) -> str:
@@ -125,12 +138,13 @@ def cx_to_identifier(comps: list[str], ctx: MapContext, kind: str = "patient",
                      default_system: str | None = None) -> dict[str, Any] | None:
     """CX -> Identifier: CX-1 value, CX-4 assigning authority (HD), CX-5 type, CX-7/8 period."""
     enc = ctx.enc
-    value = comp(comps, 1, enc)
-    if not value:
+    c = texts(comps, 5, enc)
+    if not c[0]:
         return None
     hd = subs(comps, 4, enc)
-    ident = _identifier(ctx, value, _sub(hd, 1), _sub(hd, 2), _sub(hd, 3), comp(comps, 5, enc), kind,
-                        default_system)
+    ident = _identifier(ctx, c[0], _sub(hd, 1), _sub(hd, 2), _sub(hd, 3), c[4], kind, default_system)
+    if len(comps) < 7:
+        return ident
     start, end = _first_sub(comps, 7, enc), _first_sub(comps, 8, enc)
     if start or end:
         period = _period(ctx, start, end, hl7_to_fhir_date)
@@ -144,12 +158,10 @@ def ei_to_identifier(parts: list[str], ctx: MapContext, kind: str, type_code: st
 
     ``parts`` are the EI's components (or, for an EI inside another type, its
     already-unescaped sub-components)."""
-    enc = ctx.enc
-    value = comp(parts, 1, enc)
+    value, namespace, universal, universal_type = texts(parts, 4, ctx.enc)
     if not value:
         return None
-    return _identifier(ctx, value, comp(parts, 2, enc), comp(parts, 3, enc), comp(parts, 4, enc),
-                       type_code, kind, None)
+    return _identifier(ctx, value, namespace, universal, universal_type, type_code, kind, None)
 
 
 def _period(ctx: MapContext, start: str, end: str, convert: Callable[[str, str], str | None]) -> dict[str, str]:
@@ -197,10 +209,10 @@ def xpn_to_human_name(comps: list[str], ctx: MapContext) -> dict[str, Any] | Non
     """XPN -> HumanName: XPN-1 family (FN), -2 given, -3 further given, -4 suffix, -5 prefix,
     -6 degree, -7 name type (table 0200 -> use via codes/name-use.csv), -10/-12/-13 validity."""
     enc = ctx.enc
-    name = _human_name(ctx, _family(subs(comps, 1, enc)), comp(comps, 2, enc), comp(comps, 3, enc),
-                       comp(comps, 4, enc), comp(comps, 5, enc), comp(comps, 6, enc), comp(comps, 7, enc))
-    if name is None:
-        return None
+    _, given, middle, suffix, prefix, degree, name_type = texts(comps, 7, enc)
+    name = _human_name(ctx, _family(subs(comps, 1, enc)), given, middle, suffix, prefix, degree, name_type)
+    if name is None or len(comps) < 10:
+        return name
     start, end = _first_sub(comps, 12, enc), _first_sub(comps, 13, enc)
     if not (start or end):
         dr = subs(comps, 10, enc)  # v2.5 name validity range (DR): start & end
@@ -223,17 +235,17 @@ def xad_to_address(comps: list[str], ctx: MapContext) -> dict[str, Any] | None:
     -6 country, -7 address type (table 0190 via codes/address-use.csv), -9 county -> district."""
     enc = ctx.enc
     address: dict[str, Any] = {}
+    _, other, city, state, postcode, country, address_type, _, county = texts(comps, 9, enc)
     street = subs(comps, 1, enc)
-    lines = [line for line in (_sub(street, 1), comp(comps, 2, enc)) if line]
+    lines = [line for line in (_sub(street, 1), other) if line]
     if lines:
         address["line"] = lines
-    for key, n in (("city", 3), ("district", 9), ("state", 4), ("postalCode", 5), ("country", 6)):
-        value = comp(comps, n, enc)
+    for key, value in (("city", city), ("district", county), ("state", state), ("postalCode", postcode),
+                       ("country", country)):
         if value:
             address[key] = value
     if not address:
         return None
-    address_type = comp(comps, 7, enc)
     if address_type:
         row = ctx.codes["address-use"].row(address_type)
         if row:
@@ -241,6 +253,8 @@ def xad_to_address(comps: list[str], ctx: MapContext) -> dict[str, Any] | None:
                 address["use"] = row["use"]
             if row.get("type"):
                 address["type"] = row["type"]
+    if len(comps) < 12:
+        return address
     start, end = _first_sub(comps, 13, enc), _first_sub(comps, 14, enc)
     if not (start or end):
         dr = subs(comps, 12, enc)
@@ -252,14 +266,13 @@ def xad_to_address(comps: list[str], ctx: MapContext) -> dict[str, Any] | None:
     return address
 
 
-def _phone_number(comps: list[str], enc: Encoding) -> str:
-    unformatted = comp(comps, 12, enc)
-    if unformatted:
-        return unformatted
-    formatted = comp(comps, 1, enc)
-    if formatted:
-        return formatted
-    country, area, local, ext = (comp(comps, n, enc) for n in (5, 6, 7, 8))
+def _phone_number(c: list[str]) -> str:
+    """The number from XTN components (already text): -12 unformatted, -1 formatted, else -5..-8."""
+    if c[11]:
+        return c[11]
+    if c[0]:
+        return c[0]
+    country, area, local, ext = c[4], c[5], c[6], c[7]
     if not local:
         return ""
     number = " ".join(p for p in (f"+{country.lstrip('+')}" if country else "", area, local) if p)
@@ -270,15 +283,15 @@ def xtn_to_contact_point(comps: list[str], ctx: MapContext, default_use: str | N
     """XTN -> ContactPoint: number from -12, -1 or -5/-6/-7/-8; e-mail from -4; -2 use
     (table 0201 via codes/telecom-use.csv); -3 equipment (table 0202 via
     codes/telecom-equipment.csv; CP -> a mobile phone)."""
-    enc = ctx.enc
-    use_code, equipment, email = comp(comps, 2, enc), comp(comps, 3, enc), comp(comps, 4, enc)
+    c = texts(comps, 12, ctx.enc)
+    use_code, equipment, email = c[1], c[2], c[3]
     equipment_row = ctx.codes["telecom-equipment"].row(equipment) if equipment else None
     system = equipment_row.get("target") if equipment_row else None
     if system == "email" or (email and not system):
-        value = email or comp(comps, 1, enc)
+        value = email or c[0]
         system = "email"
     else:
-        value = _phone_number(comps, enc)
+        value = _phone_number(c)
         if not value and email:
             value, system = email, "email"
     if not value:
@@ -297,9 +310,7 @@ def xtn_to_contact_point(comps: list[str], ctx: MapContext, default_use: str | N
 
 
 # -- codes ------------------------------------------------------------------------------
-def _coding(ctx: MapContext, code: str, display: str, system_name: str) -> dict[str, str] | None:
-    if not code:
-        return None
+def _coding(ctx: MapContext, code: str, display: str, system_name: str) -> dict[str, str]:
     coding: dict[str, str] = {}
     system = ctx.coding_system(system_name)
     if system:
@@ -313,15 +324,14 @@ def _coding(ctx: MapContext, code: str, display: str, system_name: str) -> dict[
 def cwe_to_codeable_concept(comps: list[str], ctx: MapContext) -> dict[str, Any] | None:
     """CWE/CE/CNE -> CodeableConcept: -1/-2/-3 first coding, -4/-5/-6 alternate coding,
     -10/-11/-12 second alternate, -9 original text (else -2 when there is no code)."""
-    enc = ctx.enc
+    c = texts(comps, 12, ctx.enc)
     codings = []
-    for n in (1, 4, 10):
-        coding = _coding(ctx, comp(comps, n, enc), comp(comps, n + 1, enc), comp(comps, n + 2, enc))
-        if coding:
-            codings.append(coding)
-    text = comp(comps, 9, enc)
+    for n in (0, 3, 9):
+        if c[n]:
+            codings.append(_coding(ctx, c[n], c[n + 1], c[n + 2]))
+    text = c[8]
     if not codings and not text:
-        text = comp(comps, 2, enc) or comp(comps, 5, enc)
+        text = c[1] or c[4]
     if not codings and not text:
         return None
     concept: dict[str, Any] = {}
@@ -355,15 +365,14 @@ def xcn_to_practitioner(comps: list[str], ctx: MapContext, kind: str = "practiti
     from -2..-7, -10), returned as a Reference.  Without an id number the person cannot be
     matched, so no Practitioner is created: the reference carries only the display name."""
     enc = ctx.enc
-    name = _human_name(ctx, _family(subs(comps, 2, enc)), comp(comps, 3, enc), comp(comps, 4, enc),
-                       comp(comps, 5, enc), comp(comps, 6, enc), comp(comps, 7, enc), comp(comps, 10, enc))
+    c = texts(comps, 13, enc)
+    name = _human_name(ctx, _family(subs(comps, 2, enc)), c[2], c[3], c[4], c[5], c[6], c[9])
     display = _display_name(name)
-    value = comp(comps, 1, enc)
+    value = c[0]
     if not value:
         return {"display": display} if display else None
     hd = subs(comps, 9, enc)
-    ident = _identifier(ctx, value, _sub(hd, 1), _sub(hd, 2), _sub(hd, 3), comp(comps, 13, enc), kind,
-                        default_system)
+    ident = _identifier(ctx, value, _sub(hd, 1), _sub(hd, 2), _sub(hd, 3), c[12], kind, default_system)
     resource: dict[str, Any] = {"resourceType": "Practitioner", "identifier": [ident]}
     if name:
         resource["name"] = [name]
@@ -382,13 +391,13 @@ def xon_to_organization(comps: list[str], ctx: MapContext, kind: str = "organiza
     """XON -> an Organization intent: name -1; id -10 (v2.5+) else -3; authority -6; type -7.
     For PD1-3 the rule's default system is the ODS code system."""
     enc = ctx.enc
-    name = comp(comps, 1, enc)
-    value = comp(comps, 10, enc) or comp(comps, 3, enc)
+    c = texts(comps, 10, enc)
+    name = c[0]
+    value = c[9] or c[2]
     if not value:
         return {"display": name} if name else None
     hd = subs(comps, 6, enc)
-    ident = _identifier(ctx, value, _sub(hd, 1), _sub(hd, 2), _sub(hd, 3), comp(comps, 7, enc), kind,
-                        default_system)
+    ident = _identifier(ctx, value, _sub(hd, 1), _sub(hd, 2), _sub(hd, 3), c[6], kind, default_system)
     resource: dict[str, Any] = {"resourceType": "Organization", "identifier": [ident]}
     if name:
         resource["name"] = name
@@ -400,8 +409,7 @@ def pl_to_location(comps: list[str], ctx: MapContext) -> dict[str, str] | None:
     location's parts (building/floor/point of care/room/bed) in the namespace of the
     facility PL-4 (or the sender).  Name: PL-9 description, else the parts."""
     enc = ctx.enc
-    point, room, bed = comp(comps, 1, enc), comp(comps, 2, enc), comp(comps, 3, enc)
-    building, floor, description = comp(comps, 7, enc), comp(comps, 8, enc), comp(comps, 9, enc)
+    point, room, bed, _, _, _, building, floor, description = texts(comps, 9, enc)
     facility = subs(comps, 4, enc)
     ident = ei_to_identifier(subs(comps, 10, enc), ctx, "location")
     if ident is None:
@@ -421,8 +429,7 @@ def pl_to_location(comps: list[str], ctx: MapContext) -> dict[str, str] | None:
 def cwe_to_healthcare_service(comps: list[str], ctx: MapContext) -> dict[str, str] | None:
     """CWE (AIS-3 service) -> a HealthcareService intent identified by the service code in the
     sender's namespace, so "every appointment at this clinic" is one search."""
-    enc = ctx.enc
-    code, name = comp(comps, 1, enc), comp(comps, 2, enc)
+    code, name = texts(comps, 2, ctx.enc)
     if not code:
         return None
     concept = cwe_to_codeable_concept(comps, ctx)
@@ -439,8 +446,7 @@ def cwe_to_healthcare_service(comps: list[str], ctx: MapContext) -> dict[str, st
 
 def cwe_to_logical_reference(comps: list[str], ctx: MapContext, kind: str = "resource") -> dict[str, Any] | None:
     """CWE (AIG-3 resource id) -> a logical Reference (identifier + display), no intent."""
-    enc = ctx.enc
-    code, name = comp(comps, 1, enc), comp(comps, 2, enc)
+    code, name = texts(comps, 2, ctx.enc)
     if not code and not name:
         return None
     ref: dict[str, Any] = {}
@@ -673,8 +679,7 @@ def _hd_factory(name: str, args: dict[str, Any], codes: dict[str, CodeMap]) -> C
     kind = args.get("kind", "id")
 
     def convert(comps: list[str], ctx: MapContext, seg: Segment) -> str | None:
-        enc = ctx.enc
-        namespace, universal, utype = comp(comps, 1, enc), comp(comps, 2, enc), comp(comps, 3, enc)
+        namespace, universal, utype = texts(comps, 3, ctx.enc)
         if not (namespace or universal):
             return None
         return ctx.naming.system(namespace, universal, utype, kind, ctx.sender)
