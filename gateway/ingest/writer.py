@@ -47,6 +47,7 @@ class GroupCommitWriter:
         self.batch_max = max(1, batch_max)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._conn = None  # the writer thread's own DB-API connection (see unit_of_work)
         self.stats = {"messages": 0, "batches": 0, "commit_failures": 0}
 
     # --- lifecycle ------------------------------------------------------------------
@@ -61,6 +62,15 @@ class GroupCommitWriter:
             self._queue.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken: nothing to close
+                pass
+            self._conn = None
 
     # --- submitting -----------------------------------------------------------------
     def submit(self, inbound: Inbound) -> Future:
@@ -95,20 +105,27 @@ class GroupCommitWriter:
                     stop_after = True
                     break
                 jobs.append(nxt)
-            results = self._process_batch(jobs)
+            results = self._process_batch(jobs, reuse_connection=True)
             for job, result in zip(jobs, results):
                 if not job.future.done():
                     job.future.set_result(result)
             if stop_after:
                 return
 
-    def _process_batch(self, jobs: list[_Job]) -> list[Processed]:
+    def _process_batch(self, jobs: list[_Job], reuse_connection: bool = False) -> list[Processed]:
         started = time.perf_counter()
+        conn = None
+        if reuse_connection:
+            if self._conn is None:
+                self._conn = self.engine.raw_connection()
+            conn = self._conn
         try:
-            with unit_of_work(self.engine) as uow:
+            with unit_of_work(self.engine, conn=conn) as uow:
                 results = [self.processor.process(uow, job.inbound) for job in jobs]
         except Exception as exc:  # the commit (or the connection) failed: nothing stored
             self.stats["commit_failures"] += 1
+            if reuse_connection:
+                self._drop_connection()  # a fresh connection for the next batch
             log.exception("batch of %d messages could not be committed", len(jobs))
             return [_storage_failure(job.inbound, exc) for job in jobs]
         self.stats["messages"] += len(jobs)

@@ -17,6 +17,7 @@ a closure for the hot path.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from gateway.hl7v2.parser import Encoding, Segment
@@ -30,6 +31,8 @@ from gateway.mapping.timestamps import (
 
 __all__ = [
     "CONVERTERS",
+    "Implied",
+    "realize",
     "texts",
     "Converter",
     "cwe_to_codeable_concept",
@@ -105,17 +108,14 @@ def _first_sub(comps: list[str], n: int, enc: Encoding) -> str:
 def _identifier(ctx: MapContext, value: str, namespace: str, universal: str, universal_type: str,
                 type_code: str, kind: str, default_system: str | None) -> dict[str, Any]:
     """Build an Identifier, applying the system scheme and the NHS number check."""
-    known = ctx.naming.known(namespace, universal, type_code, kind)
-    if known is not None:
-        system = known["target"]
-        if known.get("check") == "nhs-number":
-            normalized = normalize_nhs_number(value)
-            if normalized is not None and is_valid_nhs_number(normalized):
-                value = normalized
-            else:
-                return _unverified_nhs_number(ctx, value, system)
-    else:
-        system = ctx.naming.system(namespace, universal, universal_type, kind, ctx.sender, default_system)
+    system, check = ctx.naming.resolve(namespace, universal, universal_type, type_code, kind, ctx.sender,
+                                       default_system)
+    if check == "nhs-number":
+        normalized = normalize_nhs_number(value)
+        if normalized is not None and is_valid_nhs_number(normalized):
+            value = normalized
+        else:
+            return _unverified_nhs_number(ctx, value, system)
     ident: dict[str, Any] = {"system": system, "value": value}
     if type_code:
         ident["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
@@ -352,18 +352,42 @@ def _unknown_code(ctx: MapContext, policy: str, code: str, codes: CodeMap) -> No
 
 
 # -- implied resources ------------------------------------------------------------------
-def _reference(url: str, display: str) -> dict[str, str]:
-    ref = {"reference": url}
-    if display:
-        ref["display"] = display
+@dataclass(slots=True)
+class Implied:
+    """A resource a field implies (an XCN *is* a Practitioner), not yet registered.
+
+    The ``*_resource`` builders below are pure -- same text, same sender, same
+    result -- so the engine can memoise them; :func:`realize` then registers the
+    intent for this message and returns the Reference that goes in the field's place.
+    """
+
+    resource_type: str
+    resource: dict[str, Any]
+    display: str
+    key: str
+
+
+def realize(ctx: MapContext, value: Any) -> Any:
+    """An :class:`Implied` as a Reference to its (deduplicated) intent; anything else as is."""
+    if value.__class__ is not Implied:
+        return value
+    ref = {"reference": ctx.add_intent(value.resource_type, value.resource, value.key)}
+    if value.display:
+        ref["display"] = value.display
     return ref
 
 
 def xcn_to_practitioner(comps: list[str], ctx: MapContext, kind: str = "practitioner",
                         default_system: str | None = None) -> dict[str, str] | None:
-    """XCN -> a Practitioner intent (identifier from -1 with -9 authority and -13 type; name
-    from -2..-7, -10), returned as a Reference.  Without an id number the person cannot be
-    matched, so no Practitioner is created: the reference carries only the display name."""
+    """XCN -> a Practitioner intent, returned as a Reference (see :func:`xcn_practitioner`)."""
+    return realize(ctx, xcn_practitioner(comps, ctx, kind, default_system))
+
+
+def xcn_practitioner(comps: list[str], ctx: MapContext, kind: str = "practitioner",
+                     default_system: str | None = None) -> Implied | dict[str, str] | None:
+    """XCN -> a Practitioner (identifier from -1 with -9 authority and -13 type; name from
+    -2..-7, -10).  Without an id number the person cannot be matched, so no Practitioner
+    is implied: the result is a Reference carrying only the display name."""
     enc = ctx.enc
     c = texts(comps, 13, enc)
     name = _human_name(ctx, _family(subs(comps, 2, enc)), c[2], c[3], c[4], c[5], c[6], c[9])
@@ -376,7 +400,7 @@ def xcn_to_practitioner(comps: list[str], ctx: MapContext, kind: str = "practiti
     resource: dict[str, Any] = {"resourceType": "Practitioner", "identifier": [ident]}
     if name:
         resource["name"] = [name]
-    return _reference(ctx.add_intent("Practitioner", resource, "practitioner"), display)
+    return Implied("Practitioner", resource, display, "practitioner")
 
 
 def _display_name(name: dict[str, Any] | None) -> str:
@@ -388,7 +412,13 @@ def _display_name(name: dict[str, Any] | None) -> str:
 
 def xon_to_organization(comps: list[str], ctx: MapContext, kind: str = "organization",
                         default_system: str | None = None) -> dict[str, str] | None:
-    """XON -> an Organization intent: name -1; id -10 (v2.5+) else -3; authority -6; type -7.
+    """XON -> an Organization intent, returned as a Reference (see :func:`xon_organization`)."""
+    return realize(ctx, xon_organization(comps, ctx, kind, default_system))
+
+
+def xon_organization(comps: list[str], ctx: MapContext, kind: str = "organization",
+                     default_system: str | None = None) -> Implied | dict[str, str] | None:
+    """XON -> an Organization: name -1; id -10 (v2.5+) else -3; authority -6; type -7.
     For PD1-3 the rule's default system is the ODS code system."""
     enc = ctx.enc
     c = texts(comps, 10, enc)
@@ -401,11 +431,16 @@ def xon_to_organization(comps: list[str], ctx: MapContext, kind: str = "organiza
     resource: dict[str, Any] = {"resourceType": "Organization", "identifier": [ident]}
     if name:
         resource["name"] = name
-    return _reference(ctx.add_intent("Organization", resource, "organization"), name)
+    return Implied("Organization", resource, name, "organization")
 
 
 def pl_to_location(comps: list[str], ctx: MapContext) -> dict[str, str] | None:
-    """PL -> a Location intent.  Identifier: PL-10 (EI) when sent, else one built from the
+    """PL -> a Location intent, returned as a Reference (see :func:`pl_location`)."""
+    return realize(ctx, pl_location(comps, ctx))
+
+
+def pl_location(comps: list[str], ctx: MapContext) -> Implied | None:
+    """PL -> a Location.  Identifier: PL-10 (EI) when sent, else one built from the
     location's parts (building/floor/point of care/room/bed) in the namespace of the
     facility PL-4 (or the sender).  Name: PL-9 description, else the parts."""
     enc = ctx.enc
@@ -423,11 +458,16 @@ def pl_to_location(comps: list[str], ctx: MapContext) -> dict[str, str] | None:
     resource: dict[str, Any] = {"resourceType": "Location", "identifier": [ident], "name": name, "mode": "instance"}
     if description and description != name:
         resource["description"] = description
-    return _reference(ctx.add_intent("Location", resource, "location"), name)
+    return Implied("Location", resource, name, "location")
 
 
 def cwe_to_healthcare_service(comps: list[str], ctx: MapContext) -> dict[str, str] | None:
-    """CWE (AIS-3 service) -> a HealthcareService intent identified by the service code in the
+    """CWE (AIS-3) -> a HealthcareService intent, returned as a Reference."""
+    return realize(ctx, cwe_healthcare_service(comps, ctx))
+
+
+def cwe_healthcare_service(comps: list[str], ctx: MapContext) -> Implied | None:
+    """CWE (AIS-3 service) -> a HealthcareService identified by the service code in the
     sender's namespace, so "every appointment at this clinic" is one search."""
     code, name = texts(comps, 2, ctx.enc)
     if not code:
@@ -441,7 +481,7 @@ def cwe_to_healthcare_service(comps: list[str], ctx: MapContext) -> dict[str, st
         resource["name"] = name
     if concept:
         resource["type"] = [concept]
-    return _reference(ctx.add_intent("HealthcareService", resource, "healthcare-service"), name or code)
+    return Implied("HealthcareService", resource, name or code, "healthcare-service")
 
 
 def cwe_to_logical_reference(comps: list[str], ctx: MapContext, kind: str = "resource") -> dict[str, Any] | None:
@@ -484,13 +524,17 @@ def _check_args(name: str, args: dict[str, Any], allowed: set[str]) -> None:
         raise ValueError(f"converter {name}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-def _simple(function: Callable[..., Any], allowed: set[str] = frozenset()) -> Callable[..., Converter]:
+def _simple(function: Callable[..., Any], allowed: set[str] = frozenset(), memo: bool = False
+            ) -> Callable[..., Converter]:
+    """A factory for a converter function whose options are keyword arguments.  ``memo``:
+    the function is pure (same text and sender, same result), so the rule may memoise it."""
     def factory(name: str, args: dict[str, Any], codes: dict[str, CodeMap]) -> Converter:
         _check_args(name, args, set(allowed))
         options = dict(args)
 
         def convert(comps: list[str], ctx: MapContext, seg: Segment) -> Any:
             return function(comps, ctx, **options)
+        convert.memo = memo  # type: ignore[attr-defined]
         return convert
     return factory
 
@@ -574,6 +618,7 @@ def _cwe_factory(name: str, args: dict[str, Any], codes: dict[str, CodeMap]) -> 
             mapped["display"] = row["display"]
         concept["coding"] = [mapped] + concept.get("coding", [])
         return concept
+    convert.memo = True  # type: ignore[attr-defined]
     return convert
 
 
@@ -717,9 +762,9 @@ CONVERTERS: dict[str, Callable[[str, dict[str, Any], dict[str, CodeMap]], Conver
     "XAD[Address]": _simple(xad_to_address),
     "XTN[ContactPoint]": _simple(xtn_to_contact_point, {"default_use"}),
     "CWE[CodeableConcept]": _cwe_factory,
-    "XCN[Practitioner]": _simple(xcn_to_practitioner, {"kind", "default_system"}),
-    "XON[Organization]": _simple(xon_to_organization, {"kind", "default_system"}),
-    "PL[Location]": _simple(pl_to_location),
-    "CWE[HealthcareService]": _simple(cwe_to_healthcare_service),
+    "XCN[Practitioner]": _simple(xcn_practitioner, {"kind", "default_system"}, memo=True),
+    "XON[Organization]": _simple(xon_organization, {"kind", "default_system"}, memo=True),
+    "PL[Location]": _simple(pl_location, memo=True),
+    "CWE[HealthcareService]": _simple(cwe_healthcare_service, memo=True),
     "CWE[Reference]": _simple(cwe_to_logical_reference, {"kind"}),
 }

@@ -103,6 +103,13 @@ def hl7_to_fhir_datetime(value: str, tz: str = "Europe/London") -> str | None:
     """
     if not value:
         return None
+    return _datetime(value, tz)
+
+
+@lru_cache(maxsize=8192)
+def _datetime(value: str, tz: str) -> str:
+    """Cached: a message repeats its times (TQ1-7, AIS-4 ...) and clinics repeat their slots;
+    zoneinfo look-ups are the slow part.  Errors are raised, never cached."""
     year, month, day, hour, minute, second, frac, sign, off_h, off_m = _parse(value)
     if month is None:
         return year
@@ -160,13 +167,19 @@ def hl7_to_utc_instant(value: str, tz: str = "Europe/London") -> str | None:
     """
     if not value:
         return None
+    return _utc_instant(value, tz)
+
+
+@lru_cache(maxsize=4096)
+def _utc_instant(value: str, tz: str) -> str:
     year, month, day, hour, minute, second, frac, sign, off_h, off_m = _parse(value)
     micro = int((frac or "0").ljust(6, "0"))
     local = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
                      int(second or 0), micro)
     if sign is not None:
         delta = timedelta(hours=int(off_h), minutes=int(off_m or 0))
-        aware = local.replace(tzinfo=timezone(delta if sign == "+" else -delta))
+        utc = local - delta if sign == "+" else local + delta
     else:
-        aware = local.replace(tzinfo=_zone(tz))
-    return aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        utc = local.replace(tzinfo=_zone(tz)).astimezone(timezone.utc)
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+            f"{utc.second:02d}.{utc.microsecond:06d}Z")

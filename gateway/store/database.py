@@ -45,6 +45,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA cache_size=-65536")
+            # Checkpoints normally run from WalCheckpointer's thread; this is the
+            # safety net if it cannot keep up (~80 MB of WAL).
+            cur.execute("PRAGMA wal_autocheckpoint=20000")
             cur.close()
 
         @event.listens_for(engine, "begin")

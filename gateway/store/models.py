@@ -48,21 +48,25 @@ class ResourceVersion(SQLModel, table=True):
     content: str = Field(sa_column=Column(Text, nullable=False))
 
 
+# The index tables are keyed by their owner first: (res_id, res_type, param, value...)
+# is the primary key, so rewriting a resource's rows touches one b-tree region, and
+# on SQLite they are WITHOUT ROWID tables (no separate rowid b-tree to maintain).
+# A second index serves the searches.
+
 class TokenIndex(SQLModel, table=True):
     """identifier, code, status ...: (system, code) pairs."""
 
     __tablename__ = "idx_token"
     __table_args__ = (
         Index("ix_idx_token_lookup", "res_type", "param", "code", "system"),
-        Index("ix_idx_token_owner", "res_type", "res_id"),
+        {"sqlite_with_rowid": False},
     )
 
-    row_id: Optional[int] = Field(default=None, primary_key=True)
-    res_type: str = Field(max_length=64)
-    res_id: str = Field(max_length=64)
-    param: str = Field(max_length=64)
-    system: str = Field(default="", max_length=255)
-    code: str = Field(default="", max_length=255)
+    res_id: str = Field(primary_key=True, max_length=64)
+    res_type: str = Field(primary_key=True, max_length=64)
+    param: str = Field(primary_key=True, max_length=64)
+    system: str = Field(default="", primary_key=True, max_length=255)
+    code: str = Field(default="", primary_key=True, max_length=255)
 
 
 class StringIndex(SQLModel, table=True):
@@ -72,15 +76,14 @@ class StringIndex(SQLModel, table=True):
     __tablename__ = "idx_string"
     __table_args__ = (
         Index("ix_idx_string_lookup", "res_type", "param", "value_norm"),
-        Index("ix_idx_string_owner", "res_type", "res_id"),
+        {"sqlite_with_rowid": False},
     )
 
-    row_id: Optional[int] = Field(default=None, primary_key=True)
-    res_type: str = Field(max_length=64)
-    res_id: str = Field(max_length=64)
-    param: str = Field(max_length=64)
+    res_id: str = Field(primary_key=True, max_length=64)
+    res_type: str = Field(primary_key=True, max_length=64)
+    param: str = Field(primary_key=True, max_length=64)
+    value_exact: str = Field(primary_key=True, max_length=255)
     value_norm: str = Field(max_length=255)
-    value_exact: str = Field(max_length=255)
 
 
 class DateIndex(SQLModel, table=True):
@@ -89,15 +92,14 @@ class DateIndex(SQLModel, table=True):
     __tablename__ = "idx_date"
     __table_args__ = (
         Index("ix_idx_date_lookup", "res_type", "param", "low_us", "high_us"),
-        Index("ix_idx_date_owner", "res_type", "res_id"),
+        {"sqlite_with_rowid": False},
     )
 
-    row_id: Optional[int] = Field(default=None, primary_key=True)
-    res_type: str = Field(max_length=64)
-    res_id: str = Field(max_length=64)
-    param: str = Field(max_length=64)
-    low_us: int = Field(sa_column=Column(BigInteger, nullable=False))
-    high_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    res_id: str = Field(primary_key=True, max_length=64)
+    res_type: str = Field(primary_key=True, max_length=64)
+    param: str = Field(primary_key=True, max_length=64)
+    low_us: int = Field(sa_column=Column(BigInteger, primary_key=True, nullable=False))
+    high_us: int = Field(sa_column=Column(BigInteger, primary_key=True, nullable=False))
 
 
 class ReferenceIndex(SQLModel, table=True):
@@ -106,16 +108,15 @@ class ReferenceIndex(SQLModel, table=True):
     __tablename__ = "idx_reference"
     __table_args__ = (
         Index("ix_idx_reference_lookup", "res_type", "param", "target_id", "target_type"),
-        Index("ix_idx_reference_target", "target_type", "target_id"),
-        Index("ix_idx_reference_owner", "res_type", "res_id"),
+        Index("ix_idx_reference_target", "target_id", "target_type"),
+        {"sqlite_with_rowid": False},
     )
 
-    row_id: Optional[int] = Field(default=None, primary_key=True)
-    res_type: str = Field(max_length=64)
-    res_id: str = Field(max_length=64)
-    param: str = Field(max_length=64)
-    target_type: str = Field(max_length=64)
-    target_id: str = Field(max_length=255)
+    res_id: str = Field(primary_key=True, max_length=64)
+    res_type: str = Field(primary_key=True, max_length=64)
+    param: str = Field(primary_key=True, max_length=64)
+    target_type: str = Field(primary_key=True, max_length=64)
+    target_id: str = Field(primary_key=True, max_length=255)
 
 
 class MessageLog(SQLModel, table=True):
@@ -137,6 +138,7 @@ class MessageLog(SQLModel, table=True):
             postgresql_where=text("accepted"),
         ),
         Index("ix_message_log_outcome", "outcome", "id"),
+        Index("ix_message_log_control", "control_id", "sender_key"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)

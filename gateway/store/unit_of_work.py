@@ -13,7 +13,6 @@ message and the ORM's per-statement overhead was the bottleneck when measured
 from __future__ import annotations
 
 import itertools
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from gateway.store import indexer
+from gateway.store.ids import new_id
 
 
 def utcnow() -> datetime:
@@ -172,7 +172,7 @@ class UnitOfWork:
     # --- writes -----------------------------------------------------------------------
     def create(self, res_type: str, resource: dict[str, Any], *, res_id: str | None = None,
                source: str = "") -> Stored:
-        res_id = res_id or str(uuid.uuid4())
+        res_id = res_id or new_id()
         return self._write(res_type, res_id, resource, None, "create", source)
 
     def update(self, res_type: str, res_id: str, resource: dict[str, Any], *,
@@ -263,15 +263,18 @@ class UnitOfWork:
             self.execute(f"DELETE FROM {table} WHERE res_type=? AND res_id=?", (res_type, res_id))
 
     def _write_index(self, res_type: str, res_id: str, content: dict[str, Any]) -> None:
+        # dict.fromkeys: the same value twice in one resource is one index row (the
+        # index tables' primary keys include the value).
         rows = indexer.extract(res_type, content)
         self.executemany("INSERT INTO idx_token (res_type, res_id, param, system, code) VALUES (?,?,?,?,?)",
-                         [(res_type, res_id, *r) for r in rows.token])
+                         [(res_type, res_id, *r) for r in dict.fromkeys(rows.token)])
         self.executemany("INSERT INTO idx_string (res_type, res_id, param, value_norm, value_exact) "
-                         "VALUES (?,?,?,?,?)", [(res_type, res_id, *r) for r in rows.string])
+                         "VALUES (?,?,?,?,?)", list({(res_type, res_id, r[0], r[1], r[2]): None
+                                                     for r in rows.string}))
         self.executemany("INSERT INTO idx_date (res_type, res_id, param, low_us, high_us) VALUES (?,?,?,?,?)",
-                         [(res_type, res_id, *r) for r in rows.date])
+                         [(res_type, res_id, *r) for r in dict.fromkeys(rows.date)])
         self.executemany("INSERT INTO idx_reference (res_type, res_id, param, target_type, target_id) "
-                         "VALUES (?,?,?,?,?)", [(res_type, res_id, *r) for r in rows.reference])
+                         "VALUES (?,?,?,?,?)", [(res_type, res_id, *r) for r in dict.fromkeys(rows.reference)])
 
 
 def dialect_of(engine: Engine) -> str:
@@ -279,9 +282,14 @@ def dialect_of(engine: Engine) -> str:
 
 
 @contextmanager
-def unit_of_work(engine: Engine, *, now: datetime | None = None) -> Iterator[UnitOfWork]:
-    """Open a transaction, yield a UnitOfWork, commit (with its outbox) or roll back."""
-    raw = engine.raw_connection()
+def unit_of_work(engine: Engine, *, now: datetime | None = None, conn: Any = None) -> Iterator[UnitOfWork]:
+    """Open a transaction, yield a UnitOfWork, commit (with its outbox) or roll back.
+
+    ``conn`` lets a long-lived writer reuse its own DB-API connection: SQLite keeps
+    its page cache per connection, and a connection that only this writer writes
+    through keeps that cache warm (a pooled one is cold on every checkout).
+    """
+    raw = conn if conn is not None else engine.raw_connection()
     dialect = dialect_of(engine)
     try:
         if dialect == "sqlite":
@@ -294,4 +302,5 @@ def unit_of_work(engine: Engine, *, now: datetime | None = None) -> Iterator[Uni
         raw.rollback()
         raise
     finally:
-        raw.close()
+        if conn is None:
+            raw.close()
