@@ -20,7 +20,7 @@ class IngestHandler:
 
     async def handle_message(self, payload: bytes, peer: str) -> bytes:
         result = await self.writer.process(Inbound(payload, "mllp", peer))
-        return result.ack.encode("utf-8")
+        return result.ack_bytes
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes:
         log.warning("message of %d bytes from %s exceeds the %d-byte limit", size, peer, self.max_message_bytes)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.hl7v2.ack import ack_code_of, build_ack, generic_reject
+from gateway.hl7v2.ack import ack_code_of, build_ack, generic_reject, issue_from_parse_error
 from gateway.hl7v2.errors import Issue
 from gateway.hl7v2.parser import Message, ParseError, parse_message
 from gateway.mapping.engine import MappingEngine
@@ -52,6 +52,11 @@ class Processed:
     log_id: int | None = None
     touched: list[str] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    charset: str = "utf-8"  # the ACK goes back in the message's own character set (MSH-18)
+
+    @property
+    def ack_bytes(self) -> bytes:
+        return self.ack.encode(self.charset, errors="replace")
 
 
 def raw_text(raw: bytes) -> str:
@@ -132,12 +137,12 @@ class MessageProcessor:
         log_id = self._log(uow, inbound, msg=msg, outcome=outcome, ack=ack, ack_code=shown,
                            accepted=accepted, error=_summary([i for i in issues if i.severity != "I"]),
                            touched=touched or [], raw=msg.text)
-        return Processed(ack, shown, outcome, log_id, touched or [], issues)
+        return Processed(ack, shown, outcome, log_id, touched or [], issues, msg.enc.charset)
 
     def _rejected_unparsed(self, uow: UnitOfWork, inbound: Inbound, exc: ParseError) -> Processed:
         reason = str(exc)
-        ack = generic_reject(inbound.raw[:4096], reason)
-        issue = Issue("E", exc.code, reason, segment=exc.segment, sequence=exc.sequence, field=exc.field)
+        issue = issue_from_parse_error(exc)
+        ack = generic_reject(inbound.raw[:4096], reason, code=exc.code, issues=[issue])
         log_id = self._log(uow, inbound, msg=None, outcome="rejected", ack=ack, ack_code="AR",
                            accepted=False, error=reason, touched=[], raw=raw_text(inbound.raw))
         return Processed(ack, "AR", "rejected", log_id, [], [issue])
@@ -157,8 +162,10 @@ class MessageProcessor:
         return Processed(ack, "AR", "rejected", log_id, [], [issue])
 
     def _duplicate_of(self, uow: UnitOfWork, msg: Message) -> tuple[int, str, str] | None:
-        row = uow.fetchone("SELECT id, ack, ack_code FROM message_log WHERE sender_key=? AND control_id=? "
-                           "AND accepted=?", (sender_key(msg), msg.control_id, True))
+        # The literal (not a bound parameter) lets SQLite use the partial unique index.
+        accepted = "accepted = 1" if uow.dialect == "sqlite" else "accepted"
+        row = uow.fetchone(f"SELECT id, ack, ack_code FROM message_log WHERE sender_key=? AND control_id=? "
+                           f"AND {accepted}", (sender_key(msg), msg.control_id))
         return (row[0], row[1], row[2]) if row else None
 
     def _duplicate(self, uow: UnitOfWork, inbound: Inbound, msg: Message,
@@ -167,7 +174,7 @@ class MessageProcessor:
         log_id = self._log(uow, inbound, msg=msg, outcome="duplicate", ack=ack, ack_code=ack_code,
                            accepted=False, error=f"duplicate of message {original_id}; original ACK returned",
                            touched=[], raw=msg.text, replay_of=original_id)
-        return Processed(ack, ack_code, "duplicate", log_id)
+        return Processed(ack, ack_code, "duplicate", log_id, charset=msg.enc.charset)
 
     def _log(self, uow: UnitOfWork, inbound: Inbound, *, msg: Message | None, outcome: str, ack: str,
              ack_code: str, accepted: bool, error: str, touched: list[str], raw: str,

@@ -31,10 +31,20 @@ def _urn_head() -> str:
     return f"urn:uuid:{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
 
 
-_URN_HEAD = _urn_head()
-_URN_COUNTER = itertools.count()
-_URN_SALT = int.from_bytes(os.urandom(6), "big")
 _URN_MASK = (1 << 48) - 1
+
+
+def _reseed() -> None:
+    """New random bits per process (also after fork), so workers never share a sequence."""
+    global _URN_HEAD, _URN_COUNTER, _URN_SALT
+    _URN_HEAD = _urn_head()
+    _URN_COUNTER = itertools.count()
+    _URN_SALT = int.from_bytes(os.urandom(6), "big")
+
+
+_reseed()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
 
 
 def new_urn() -> str:

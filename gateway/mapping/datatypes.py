@@ -11,13 +11,15 @@ a composite whose sub-components must be split first (HD in CX-4, FN in XPN-1).
 Converter names follow the V2-to-FHIR IG's datatype maps: ``CX[Identifier]``,
 ``XPN[HumanName]``, ``XCN[Practitioner]`` ...  :data:`CONVERTERS` maps each name
 to a factory that checks its options once, when the YAML is loaded, and returns
-a closure for the hot path.
+a closure for the hot path.  A closure marked ``memo`` is pure (same text and
+sender, same result), so its rule may reuse an earlier conversion.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 from gateway.hl7v2.parser import Encoding, Segment
@@ -31,15 +33,15 @@ from gateway.mapping.timestamps import (
 
 __all__ = [
     "CONVERTERS",
-    "Implied",
-    "realize",
-    "texts",
     "Converter",
+    "Implied",
     "cwe_to_codeable_concept",
     "cx_to_identifier",
     "ei_to_identifier",
     "pl_to_location",
+    "realize",
     "split_repetition",
+    "texts",
     "xad_to_address",
     "xcn_to_practitioner",
     "xon_to_organization",
@@ -50,7 +52,6 @@ __all__ = [
 Converter = Callable[[list[str], MapContext, Segment], Any]
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 
 
 # -- reading components ---------------------------------------------------------------
@@ -111,15 +112,21 @@ def _identifier(ctx: MapContext, value: str, namespace: str, universal: str, uni
     system, check = ctx.naming.resolve(namespace, universal, universal_type, type_code, kind, ctx.sender,
                                        default_system)
     if check == "nhs-number":
-        normalized = normalize_nhs_number(value)
-        if normalized is not None and is_valid_nhs_number(normalized):
-            value = normalized
-        else:
+        checked = _checked_nhs_number(value)
+        if checked is None:
             return _unverified_nhs_number(ctx, value, system)
+        value = checked
     ident: dict[str, Any] = {"system": system, "value": value}
     if type_code:
         ident["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
     return ident
+
+
+@lru_cache(maxsize=4096)
+def _checked_nhs_number(value: str) -> str | None:
+    """The ten digits of a valid NHS number, or None (cached: a child's number recurs in every message)."""
+    normalized = normalize_nhs_number(value)
+    return normalized if normalized is not None and is_valid_nhs_number(normalized) else None
 
 
 def _unverified_nhs_number(ctx: MapContext, value: str, system: str) -> dict[str, Any]:

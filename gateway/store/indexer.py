@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
@@ -26,22 +27,24 @@ class IndexRows:
     reference: list[tuple[str, str, str]] = field(default_factory=list)  # param, type, id
 
 
-def walk(node: Any, path: tuple[str, ...]) -> Iterator[Any]:
-    """Yield every value at ``path`` below ``node``, flattening lists on the way."""
-    if not path:
-        if isinstance(node, list):
-            yield from node
-        elif node is not None:
-            yield node
-        return
-    if isinstance(node, list):
-        for item in node:
-            yield from walk(item, path)
-        return
-    if isinstance(node, dict):
-        child = node.get(path[0])
-        if child is not None:
-            yield from walk(child, path[1:])
+def walk(node: Any, path: tuple[str, ...]) -> list[Any]:
+    """Every value at ``path`` below ``node``, flattening lists on the way."""
+    current = node if isinstance(node, list) else [node]
+    for step in path:
+        nxt: list[Any] = []
+        for item in current:
+            if isinstance(item, dict):
+                child = item.get(step)
+                if child is None:
+                    continue
+                if isinstance(child, list):
+                    nxt.extend(child)
+                else:
+                    nxt.append(child)
+        if not nxt:
+            return nxt
+        current = nxt
+    return current
 
 
 def normalise_string(value: str) -> str:
@@ -151,9 +154,14 @@ def split_reference(reference: str) -> tuple[str, str] | None:
     return parts[-2], parts[-1]
 
 
+@lru_cache(maxsize=None)
+def _params(resource_type: str) -> tuple[SearchParam, ...]:
+    return tuple(indexed_params(resource_type))
+
+
 def extract(resource_type: str, resource: dict[str, Any]) -> IndexRows:
     rows = IndexRows()
-    for param in indexed_params(resource_type):
+    for param in _params(resource_type):
         _extract_param(param, resource, rows)
     return rows
 

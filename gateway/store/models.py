@@ -108,7 +108,6 @@ class ReferenceIndex(SQLModel, table=True):
     __tablename__ = "idx_reference"
     __table_args__ = (
         Index("ix_idx_reference_lookup", "res_type", "param", "target_id", "target_type"),
-        Index("ix_idx_reference_target", "target_id", "target_type"),
         {"sqlite_with_rowid": False},
     )
 

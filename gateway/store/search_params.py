@@ -154,3 +154,9 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
 def indexed_params(resource_type: str) -> list[SearchParam]:
     """Parameters whose values are written to the index tables (``_id`` is the key itself)."""
     return [p for p in params_for(resource_type).values() if p.name != "_id"]
+
+
+def reference_params() -> list[tuple[str, str]]:
+    """(resource type, parameter) for every reference parameter, e.g. to find referrers."""
+    return [(rtype, p.name) for rtype, params in SEARCH_PARAMS.items() for p in params.values()
+            if p.type == "reference"]

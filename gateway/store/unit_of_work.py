@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.store import indexer
 from gateway.store.ids import new_id
+from gateway.store.search_params import reference_params
 
 
 def utcnow() -> datetime:
@@ -163,11 +164,15 @@ class UnitOfWork:
         return [r[0] for r in rows]
 
     def referrers(self, target_type: str, target_id: str) -> list[tuple[str, str]]:
-        """Every live resource that references target (for merges)."""
-        rows = self.fetchall(
-            "SELECT DISTINCT res_type, res_id FROM idx_reference WHERE target_type=? AND target_id=?",
-            (target_type, target_id))
-        return [(r[0], r[1]) for r in rows]
+        """Every resource that references target (for merges).  Goes through the
+        search index one reference parameter at a time, so no extra index on the
+        target has to be maintained on every write for this rare operation."""
+        found: dict[tuple[str, str], None] = {}
+        for res_type, param in reference_params():
+            for row in self.fetchall("SELECT res_id FROM idx_reference WHERE res_type=? AND param=? "
+                                     "AND target_id=? AND target_type=?", (res_type, param, target_id, target_type)):
+                found[(res_type, row[0])] = None
+        return list(found)
 
     # --- writes -----------------------------------------------------------------------
     def create(self, res_type: str, resource: dict[str, Any], *, res_id: str | None = None,

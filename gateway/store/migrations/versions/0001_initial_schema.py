@@ -40,7 +40,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('idx_reference', schema=None) as batch_op:
         batch_op.create_index('ix_idx_reference_lookup', ['res_type', 'param', 'target_id', 'target_type'], unique=False)
-        batch_op.create_index('ix_idx_reference_target', ['target_id', 'target_type'], unique=False)
 
     op.create_table('idx_string',
     sa.Column('res_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -173,7 +172,6 @@ def downgrade() -> None:
 
     op.drop_table('idx_string')
     with op.batch_alter_table('idx_reference', schema=None) as batch_op:
-        batch_op.drop_index('ix_idx_reference_target')
         batch_op.drop_index('ix_idx_reference_lookup')
 
     op.drop_table('idx_reference')
