@@ -27,6 +27,7 @@ from gateway.hl7v2.ack import build_ack, generic_reject
 from gateway.hl7v2.errors import Issue
 from gateway.hl7v2.parser import ParseError, parse_message
 from gateway.ingest.processor import Inbound, MessageProcessor, Processed
+from gateway.store.cache import WriterCache
 from gateway.store.unit_of_work import unit_of_work
 
 log = logging.getLogger("gateway.ingest")
@@ -48,6 +49,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn = None  # the writer thread's own DB-API connection (see unit_of_work)
+        self.cache = WriterCache() if engine.dialect.name == "sqlite" else None
         self.stats = {"messages": 0, "batches": 0, "commit_failures": 0}
 
     # --- lifecycle ------------------------------------------------------------------
@@ -120,7 +122,7 @@ class GroupCommitWriter:
                 self._conn = self.engine.raw_connection()
             conn = self._conn
         try:
-            with unit_of_work(self.engine, conn=conn) as uow:
+            with unit_of_work(self.engine, conn=conn, cache=self.cache if reuse_connection else None) as uow:
                 results = [self.processor.process(uow, job.inbound) for job in jobs]
         except Exception as exc:  # the commit (or the connection) failed: nothing stored
             self.stats["commit_failures"] += 1

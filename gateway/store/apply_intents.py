@@ -156,15 +156,30 @@ def _is_stale(uow: UnitOfWork, intent: ResourceIntent, existing: Stored) -> bool
     guard = _guard_us(intent)
     if guard is None:
         return False
-    row = uow.fetchone("SELECT event_us FROM source_watermarks WHERE res_type=? AND res_id=?",
-                       (existing.res_type, existing.res_id))
-    return row is not None and row[0] > guard
+    stored = _watermark(uow, existing.res_type, existing.res_id)
+    return stored is not None and stored > guard
+
+
+def _watermark(uow: UnitOfWork, res_type: str, res_id: str) -> int | None:
+    cache = uow.cache
+    if cache is not None and (res_type, res_id) in cache.watermarks:
+        return cache.watermarks[(res_type, res_id)]
+    row = uow.fetchone("SELECT event_us FROM source_watermarks WHERE res_type=? AND res_id=?", (res_type, res_id))
+    value = row[0] if row else None
+    if cache is not None:
+        cache.watermarks.put((res_type, res_id), value)
+    return value
 
 
 def _raise_watermark(uow: UnitOfWork, intent: ResourceIntent, res_type: str, res_id: str) -> None:
     guard = _guard_us(intent)
     if guard is None:
         return
+    if uow.cache is not None:
+        current = _watermark(uow, res_type, res_id)
+        if current is not None and current >= guard:
+            return
+        uow.cache.watermarks.put((res_type, res_id), guard)
     uow.execute(
         "INSERT INTO source_watermarks (res_type, res_id, event_us) VALUES (?,?,?) "
         "ON CONFLICT (res_type, res_id) DO UPDATE SET event_us=excluded.event_us "

@@ -44,8 +44,7 @@ class WalCheckpointer:
                     conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except Exception:  # busy or transient: the next round tries again
                     log.debug("WAL checkpoint skipped", exc_info=True)
-            conn.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except Exception:
-            log.debug("final WAL checkpoint skipped", exc_info=True)
         finally:
+            # No final checkpoint here: SQLite checkpoints when the last connection
+            # closes (engine.dispose), without waiting on anyone.
             conn.close()

@@ -22,6 +22,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from gateway.store import indexer
+from gateway.store.cache import WriterCache
 from gateway.store.ids import new_id
 from gateway.store.search_params import reference_params
 
@@ -88,8 +89,10 @@ _sp_counter = itertools.count(1)
 class UnitOfWork:
     """Reads and writes inside one open transaction on a DB-API connection."""
 
-    def __init__(self, conn: Any, dialect: str, *, now: datetime | None = None) -> None:
+    def __init__(self, conn: Any, dialect: str, *, now: datetime | None = None,
+                 cache: WriterCache | None = None) -> None:
         self.conn = conn
+        self.cache = cache
         self.dialect = dialect
         self.cur = conn.cursor()
         self.now = now or utcnow()
@@ -134,6 +137,8 @@ class UnitOfWork:
         except BaseException:
             self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self.cur.execute(f"RELEASE SAVEPOINT {name}")
+            if self.cache is not None:
+                self.cache.clear()  # it may hold what was just rolled back
             del self.changes[changes:]
             del self.outbox[outbox:]
             raise
@@ -141,15 +146,31 @@ class UnitOfWork:
 
     # --- reads ------------------------------------------------------------------------
     def get(self, res_type: str, res_id: str) -> Stored | None:
+        """The current version (callers must not modify the returned resource in place)."""
+        cache = self.cache
+        if cache is not None:
+            stored = cache.resources.get((res_type, res_id))
+            if stored is not None:
+                cache.hits += 1
+                return stored
         row = self.fetchone(
             "SELECT version_id, last_updated, deleted, content FROM resources WHERE res_type=? AND res_id=?",
             (res_type, res_id))
         if row is None:
             return None
-        return Stored(res_type, res_id, row[0], row[1], bool(row[2]), loads(row[3]))
+        stored = Stored(res_type, res_id, row[0], row[1], bool(row[2]), loads(row[3]))
+        if cache is not None:
+            cache.resources.put((res_type, res_id), stored)
+        return stored
 
     def find_by_token(self, res_type: str, param: str, system: str | None, code: str) -> list[str]:
         """Ids of live resources whose ``param`` has this (system, code); system None = any."""
+        cache = self.cache if param == "identifier" and system is not None else None
+        if cache is not None:
+            known = cache.identity(res_type, system, code)
+            if known is not None:
+                stored = self.get(res_type, known)
+                return [known] if stored is not None and not stored.deleted else []
         if system is None:
             rows = self.fetchall(
                 "SELECT DISTINCT t.res_id FROM idx_token t JOIN resources r ON r.res_type=t.res_type "
@@ -161,7 +182,10 @@ class UnitOfWork:
                 "AND r.res_id=t.res_id AND NOT r.deleted WHERE t.res_type=? AND t.param=? AND t.code=? "
                 "AND t.system=?",
                 (res_type, param, code, system))
-        return [r[0] for r in rows]
+        ids = [r[0] for r in rows]
+        if cache is not None and len(ids) == 1 and not cache.is_ambiguous(res_type, system, code):
+            cache.remember_identity(res_type, system, code, ids[0])
+        return ids
 
     def referrers(self, target_type: str, target_id: str) -> list[tuple[str, str]]:
         """Every resource that references target (for merges).  Goes through the
@@ -214,6 +238,8 @@ class UnitOfWork:
         self._clear_index(res_type, res_id)
         after = Stored(res_type, res_id, version, stamp, True, content)
         self.changes.append(Change("delete", before, after))
+        if self.cache is not None:
+            self.cache.resources.put((res_type, res_id), after)
         return after
 
     def emit(self, row: OutboxRow) -> None:
@@ -261,6 +287,11 @@ class UnitOfWork:
         self._write_index(res_type, res_id, content)
         after = Stored(res_type, res_id, version, stamp, False, content)
         self.changes.append(Change(method, before, after))
+        if self.cache is not None:
+            self.cache.resources.put((res_type, res_id), after)
+            for ident in content.get("identifier") or ():
+                if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+                    self.cache.remember_identity(res_type, ident["system"], str(ident["value"]), res_id)
         return after
 
     def _clear_index(self, res_type: str, res_id: str) -> None:
@@ -287,7 +318,8 @@ def dialect_of(engine: Engine) -> str:
 
 
 @contextmanager
-def unit_of_work(engine: Engine, *, now: datetime | None = None, conn: Any = None) -> Iterator[UnitOfWork]:
+def unit_of_work(engine: Engine, *, now: datetime | None = None, conn: Any = None,
+                 cache: WriterCache | None = None) -> Iterator[UnitOfWork]:
     """Open a transaction, yield a UnitOfWork, commit (with its outbox) or roll back.
 
     ``conn`` lets a long-lived writer reuse its own DB-API connection: SQLite keeps
@@ -298,13 +330,20 @@ def unit_of_work(engine: Engine, *, now: datetime | None = None, conn: Any = Non
     dialect = dialect_of(engine)
     try:
         if dialect == "sqlite":
-            raw.cursor().execute("BEGIN IMMEDIATE")
-        uow = UnitOfWork(raw, dialect, now=now)
+            cursor = raw.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            if cache is not None:
+                cache.check(cursor)
+        else:
+            cache = None  # several replicas may write: never trust memory over the database
+        uow = UnitOfWork(raw, dialect, now=now, cache=cache)
         yield uow
         uow.flush_outbox()
         raw.commit()
     except BaseException:
         raw.rollback()
+        if cache is not None:
+            cache.clear()
         raise
     finally:
         if conn is None:
