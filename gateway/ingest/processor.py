@@ -42,6 +42,9 @@ class Inbound:
     kind: str = "message"
     note: str = ""
     size: int = 0
+    # Parse and map results, filled by MessageProcessor.prepare (no database needed),
+    # so that work can run on the event loop while the writer thread is in SQLite.
+    prepared: tuple[Any, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -87,24 +90,20 @@ class MessageProcessor:
                                error=f"bytes outside an MLLP frame ({inbound.note}); not acknowledged",
                                touched=[], raw=raw_text(inbound.raw))
             return Processed("", "", "fragment", log_id)
-        try:
-            msg = parse_message(inbound.raw)
-        except ParseError as exc:
-            return self._rejected_unparsed(uow, inbound, exc)
+        msg, result = self.prepare(inbound)
+        if isinstance(msg, ParseError):
+            return self._rejected_unparsed(uow, inbound, msg)
         if not msg.control_id:
             issue = Issue("E", 101, "MSH-10 message control id is empty", segment="MSH", field=10)
             return self._finish(uow, inbound, msg, "AR", [issue], "rejected")
         duplicate = self._duplicate_of(uow, msg)
         if duplicate is not None:
             return self._duplicate(uow, inbound, msg, duplicate)
-        try:
-            result = self.mapping.map(msg)
-        except MappingError as exc:
-            code = "AR" if any(i.code in REJECT_CODES for i in exc.issues) else "AE"
-            return self._finish(uow, inbound, msg, code, exc.issues, "rejected" if code == "AR" else "error")
-        except Exception as exc:  # a mapping bug must not lose the message
-            log.exception("mapping failed for %s", msg.control_id)
-            issue = Issue("E", 207, f"internal mapping error: {exc}")
+        if isinstance(result, MappingError):
+            code = "AR" if any(i.code in REJECT_CODES for i in result.issues) else "AE"
+            return self._finish(uow, inbound, msg, code, result.issues, "rejected" if code == "AR" else "error")
+        if isinstance(result, Exception):  # a mapping bug must not lose the message
+            issue = Issue("E", 207, f"internal mapping error: {type(result).__name__}: {result}")
             return self._finish(uow, inbound, msg, "AE", [issue], "error")
         issues = list(result.issues)
         if result.errors:
@@ -128,6 +127,24 @@ class MessageProcessor:
             issue = Issue("E", 207, f"the message could not be stored: {type(exc).__name__}: {exc}")
             uow.changes.clear()
             return self._finish(uow, inbound, msg, "AE", issues + [issue], "error")
+
+    def prepare(self, inbound: Inbound) -> tuple[Any, Any]:
+        """Parse and map (pure CPU, no database); errors are returned, not raised."""
+        if inbound.prepared is None:
+            try:
+                msg = parse_message(inbound.raw)
+            except ParseError as exc:
+                inbound.prepared = (exc, None)
+                return inbound.prepared
+            try:
+                result: Any = self.mapping.map(msg)
+            except MappingError as exc:
+                result = exc
+            except Exception as exc:
+                log.exception("mapping failed for %s", msg.control_id)
+                result = exc
+            inbound.prepared = (msg, result)
+        return inbound.prepared
 
     # --- outcomes -----------------------------------------------------------------------
     def _finish(self, uow: UnitOfWork, inbound: Inbound, msg: Message, code: str, issues: list[Issue],
