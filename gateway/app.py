@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
-from gateway.api import fhir, hl7v2
+from gateway.api import fhir, hl7v2, search_routes
 from gateway.api.errors import install_error_handlers
 from gateway.ingest.handler import IngestHandler
 from gateway.ingest.mllp import MllpServer
@@ -87,7 +87,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.writer = runtime.writer
     install_error_handlers(app)
     app.include_router(hl7v2.router)
-    app.include_router(fhir.router)
+    app.include_router(fhir.router)  # /metadata first: it must not be taken for a type search
+    app.include_router(search_routes.router)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -33,7 +33,7 @@ class _Lru(OrderedDict):
 
 
 class WriterCache:
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 20_000) -> None:
         self.resources = _Lru(limit)  # (type, id) -> Stored
         self.identities = _Lru(limit)  # (type, system, value) -> id, or _AMBIGUOUS
         self.watermarks = _Lru(limit)  # (type, id) -> event_us

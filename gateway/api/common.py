@@ -1,0 +1,48 @@
+"""Small helpers shared by the FHIR routers (base URL, formats, type checks, headers)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any
+
+from fastapi import Request
+
+from gateway.api.errors import FhirError
+from gateway.store.search_params import RESOURCE_TYPES
+
+
+def engine_of(request: Request):  # noqa: ANN201
+    return request.app.state.engine
+
+
+def base_url(request: Request) -> str:
+    configured = request.app.state.settings.public_base_url
+    return configured.rstrip("/") if configured else str(request.base_url).rstrip("/") + "/fhir"
+
+
+def wants_pretty(request: Request) -> bool:
+    return request.query_params.get("_pretty", "").lower() == "true"
+
+
+def check_format(request: Request) -> None:
+    fmt = request.query_params.get("_format", "")
+    accept = request.headers.get("accept", "")
+    wanted = fmt or accept
+    if wanted and not any(t in wanted for t in ("json", "*/*", "fhir+json")) and "xml" in wanted:
+        raise FhirError(406, "only JSON is served (application/fhir+json); XML is not supported",
+                        code="not-supported")
+
+
+def check_type(resource_type: str) -> None:
+    if resource_type not in RESOURCE_TYPES:
+        raise FhirError(404, f"resource type '{resource_type}' is not supported here", code="not-supported")
+
+
+def versioned_headers(resource: dict[str, Any]) -> dict[str, str]:
+    meta = resource.get("meta", {})
+    headers = {"ETag": f'W/"{meta.get("versionId", "1")}"'}
+    if meta.get("lastUpdated"):
+        moment = datetime.fromisoformat(meta["lastUpdated"].replace("Z", "+00:00"))
+        headers["Last-Modified"] = format_datetime(moment, usegmt=True)
+    return headers
