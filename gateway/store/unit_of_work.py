@@ -280,11 +280,12 @@ class UnitOfWork:
             self.execute("UPDATE resources SET version_id=?, last_updated=?, last_updated_us=?, deleted=?, "
                          "source=?, content=? WHERE res_type=? AND res_id=?",
                          (version, stamp, stamp_us, False, meta.get("source", ""), text, res_type, res_id))
-            self._clear_index(res_type, res_id)
         self.execute("INSERT INTO resource_versions (res_type, res_id, version_id, last_updated, "
                      "last_updated_us, deleted, method, content) VALUES (?,?,?,?,?,?,?,?)",
                      (res_type, res_id, version, stamp, stamp_us, False, method, text))
-        self._write_index(res_type, res_id, content)
+        # A deleted resource has no index rows (delete cleared them).
+        previous = before.resource if before is not None and not before.deleted else None
+        self._write_index(res_type, res_id, content, previous)
         after = Stored(res_type, res_id, version, stamp, False, content)
         self.changes.append(Change(method, before, after))
         if self.cache is not None:
@@ -298,19 +299,54 @@ class UnitOfWork:
         for table in ("idx_token", "idx_string", "idx_date", "idx_reference"):
             self.execute(f"DELETE FROM {table} WHERE res_type=? AND res_id=?", (res_type, res_id))
 
-    def _write_index(self, res_type: str, res_id: str, content: dict[str, Any]) -> None:
-        # dict.fromkeys: the same value twice in one resource is one index row (the
-        # index tables' primary keys include the value).
-        rows = indexer.extract(res_type, content)
-        self.executemany("INSERT INTO idx_token (res_type, res_id, param, system, code) VALUES (?,?,?,?,?)",
-                         [(res_type, res_id, *r) for r in dict.fromkeys(rows.token)])
-        self.executemany("INSERT INTO idx_string (res_type, res_id, param, value_norm, value_exact) "
-                         "VALUES (?,?,?,?,?)", list({(res_type, res_id, r[0], r[1], r[2]): None
-                                                     for r in rows.string}))
-        self.executemany("INSERT INTO idx_date (res_type, res_id, param, low_us, high_us) VALUES (?,?,?,?,?)",
-                         [(res_type, res_id, *r) for r in dict.fromkeys(rows.date)])
-        self.executemany("INSERT INTO idx_reference (res_type, res_id, param, target_type, target_id) "
-                         "VALUES (?,?,?,?,?)", [(res_type, res_id, *r) for r in dict.fromkeys(rows.reference)])
+    def _write_index(self, res_type: str, res_id: str, content: dict[str, Any],
+                     previous: dict[str, Any] | None = None) -> None:
+        """Bring the index rows in line with ``content``.
+
+        On an update only the rows that differ from ``previous`` (the version being
+        replaced, whose rows are in the tables) are deleted and inserted: a no-show
+        changes one status row, not the twenty rows of the appointment.
+        """
+        new = _index_rows(res_type, res_id, content)
+        old = _index_rows(res_type, res_id, previous) if previous is not None else None
+        for table, (insert_sql, delete_sql, key_of) in _INDEX_SQL.items():
+            rows = new[table]
+            if old is not None:
+                before = old[table]
+                gone = [key_of(r) for k, r in before.items() if k not in rows]
+                self.executemany(delete_sql, gone)
+                rows = {k: r for k, r in rows.items() if k not in before}
+            self.executemany(insert_sql, list(rows.values()))
+
+
+def _index_rows(res_type: str, res_id: str, content: dict[str, Any]) -> dict[str, dict[tuple, tuple]]:
+    """Index rows keyed by their primary key (so a value twice in a resource is one row)."""
+    rows = indexer.extract(res_type, content)
+    return {
+        "idx_token": {(p, sy, c): (res_type, res_id, p, sy, c) for p, sy, c in rows.token},
+        "idx_string": {(p, exact): (res_type, res_id, p, norm, exact) for p, norm, exact in rows.string},
+        "idx_date": {(p, lo, hi): (res_type, res_id, p, lo, hi) for p, lo, hi in rows.date},
+        "idx_reference": {(p, t, i): (res_type, res_id, p, t, i) for p, t, i in rows.reference},
+    }
+
+
+# table -> (insert, delete-by-primary-key, row -> delete parameters)
+_INDEX_SQL = {
+    "idx_token": ("INSERT INTO idx_token (res_type, res_id, param, system, code) VALUES (?,?,?,?,?)",
+                  "DELETE FROM idx_token WHERE res_id=? AND res_type=? AND param=? AND system=? AND code=?",
+                  lambda r: (r[1], r[0], r[2], r[3], r[4])),
+    "idx_string": ("INSERT INTO idx_string (res_type, res_id, param, value_norm, value_exact) VALUES (?,?,?,?,?)",
+                   "DELETE FROM idx_string WHERE res_id=? AND res_type=? AND param=? AND value_exact=?",
+                   lambda r: (r[1], r[0], r[2], r[4])),
+    "idx_date": ("INSERT INTO idx_date (res_type, res_id, param, low_us, high_us) VALUES (?,?,?,?,?)",
+                 "DELETE FROM idx_date WHERE res_id=? AND res_type=? AND param=? AND low_us=? AND high_us=?",
+                 lambda r: (r[1], r[0], r[2], r[3], r[4])),
+    "idx_reference": ("INSERT INTO idx_reference (res_type, res_id, param, target_type, target_id) "
+                      "VALUES (?,?,?,?,?)",
+                      "DELETE FROM idx_reference WHERE res_id=? AND res_type=? AND param=? AND target_type=? "
+                      "AND target_id=?",
+                      lambda r: (r[1], r[0], r[2], r[3], r[4])),
+}
 
 
 def dialect_of(engine: Engine) -> str:
