@@ -71,6 +71,18 @@ def test_unknown_status_code_is_named_in_the_ack(gateway):
     assert found and "ARRIVED" in found[0].value(8)
 
 
+def test_wrong_segment_order_is_an_application_error(gateway):
+    segments = good(12, "O1").rstrip("\r").split("\r")  # MSH SCH TQ1 PID PV1 RGS AIS AIP AIL
+    pid = next(s for s in segments if s.startswith("PID|"))
+    segments.remove(pid)
+    segments.insert(1, pid)  # PID before SCH
+    ack = send_one(gateway, "\r".join(segments) + "\r")
+    assert ack_code_of(ack) == "AE"
+    found = [e for e in errs(ack) if e.value(3, 1) == "100" and e.value(2, 1) == "SCH"]
+    assert found and "out of order" in found[0].value(8)
+    assert logged(gateway, "O1")["outcome"] == "error"
+
+
 def test_invalid_nhs_number_is_kept_as_a_local_identifier_with_a_warning(gateway):
     child = make_child(5)
     bad_nhs = child.nhs_number[:-1] + str((int(child.nhs_number[-1]) + 1) % 10)

@@ -11,7 +11,8 @@ Per-sender files (``mappings/senders``) compile into their own profile.
 A message maps to :class:`~gateway.mapping.model.ResourceIntent` objects (no
 database here).  Structural problems (unsupported type, missing SCH/PID, nothing
 to identify the patient or appointment by) raise
-:class:`~gateway.mapping.model.MappingError`; field-level problems are
+:class:`~gateway.mapping.model.MappingError`; field-level problems, and segments out
+of the standard order (:mod:`gateway.mapping.segment_order`), are
 :class:`~gateway.hl7v2.errors.Issue` objects on the result (severity E: the
 message must be rejected with AE and nothing stored; W: AA with a warning).
 """
@@ -33,6 +34,7 @@ from gateway.mapping.context import CodeMap, MapContext, Naming, TypePolicy, new
 from gateway.mapping.finalizers import FINALIZERS
 from gateway.mapping.model import MappingError, MappingResult, ResourceIntent
 from gateway.mapping.rules import Builder, CompiledRule, MappingConfigError, Rule, clone, compile_rule
+from gateway.mapping.segment_order import SegmentOrder, compile_segment_order
 from gateway.mapping.timestamps import hl7_to_utc_instant
 
 __all__ = ["MappingConfigError", "MappingEngine"]
@@ -64,6 +66,8 @@ ELEMENT_VALUE_SETS: dict[tuple[str, str], frozenset[str]] = {
 # Code maps the datatype converters read by name; they must exist.
 REQUIRED_CODE_MAPS = ("name-use", "address-use", "telecom-use", "telecom-equipment", "identifier-systems",
                       "coding-systems", "yes-no", "duration-units")
+# Sender file `segment_order:` -> the severity of an out-of-order segment (None: not checked).
+ORDER_SEVERITY = {"error": "E", "warn": "W", "ignore": None}
 
 
 # ======================================================================================
@@ -113,6 +117,7 @@ class CompiledMessage:
     required: list[str]
     resources: list[CompiledResource]
     events: dict[str, dict[str, dict[str, Any]]]  # event -> key -> {"policies": {...}, "action": str}
+    order: dict[str, SegmentOrder]  # event -> the standard segment order (none: not checked)
 
 
 @dataclass(slots=True)
@@ -124,6 +129,7 @@ class Profile:
     naming: Naming
     messages: dict[str, CompiledMessage]  # "SIU^S12" -> spec
     namespace: str | None = None
+    order_severity: str | None = "E"  # segment out of order: E (reject), W (warn) or None (not checked)
 
 
 # ======================================================================================
@@ -281,6 +287,10 @@ class MappingEngine:
             _check_code_map(codes[name], where)
         profile = self._compile_profile(sender.get("name", path.stem), codes, doc, where)
         profile.namespace = slug(sender["namespace"]) if sender.get("namespace") else None
+        order_mode = doc.get("segment_order", "error")
+        if order_mode not in ORDER_SEVERITY:
+            raise MappingConfigError(f"{where}: segment_order must be error, warn or ignore, not {order_mode!r}")
+        profile.order_severity = ORDER_SEVERITY[order_mode]
         matches = sender.get("match") or []
         if not matches:
             raise MappingConfigError(f"{where}: sender.match must list at least one application/facility")
@@ -367,7 +377,30 @@ class MappingEngine:
                                        "policies": _element_policies(types_by_key[key], spec, f"{where} {event}")}
             events[str(event).upper()] = compiled_event
         return CompiledMessage(doc["message"].upper(), [s.upper() for s in doc.get("required_segments", [])],
-                               resources, events)
+                               resources, events, self._compile_order(doc.get("segment_order"), where, events))
+
+    @staticmethod
+    def _compile_order(spec: Any, where: str, events: dict[str, Any]) -> dict[str, SegmentOrder]:
+        """`segment_order`: one list of ranks for every event, or {default: [...], <event>: [...]}."""
+        if spec is None:
+            return {}
+        if not isinstance(spec, dict):
+            spec = {"default": spec}
+        per_event: dict[str, SegmentOrder] = {}
+        default = None
+        for key, ranks in spec.items():
+            key = str(key).upper()
+            order = compile_segment_order(ranks, f"{where} segment_order {key}")
+            if key == "DEFAULT":
+                default = order
+            elif key in events:
+                per_event[key] = order
+            else:
+                raise MappingConfigError(f"{where}: segment_order names event {key}, which is not in events")
+        if default is not None:
+            for event in events:
+                per_event.setdefault(event, default)
+        return per_event
 
     @staticmethod
     def _check_resource_options(rspec: dict[str, Any], where: str, keys: set[str]) -> None:
@@ -415,6 +448,10 @@ class MappingEngine:
                                       "MSH", 1, 9)])
         ctx = self.new_context(msg, profile)
         ctx.guard_time = self._guard_time(msg, ctx)
+        if profile.order_severity is not None:
+            order = spec.order.get(event)
+            if order is not None:
+                order.check(msg.segments, profile.order_severity, ctx.issues)
         missing = [s for s in spec.required if msg.find(s) is None]
         if missing:
             raise MappingError(ctx.issues + [
