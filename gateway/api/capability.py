@@ -1,4 +1,11 @@
-"""The CapabilityStatement, generated from what is really implemented."""
+"""The CapabilityStatement, generated from what is really implemented.
+
+The interactions listed here are the routes in fhir.py / search_routes.py and the
+Bundle processing in transaction.py; the conditional-delete mode follows
+writes.conditional_delete ("multiple"), the search parameters come from the same
+table that drives indexing and search.  tests/test_api_rest.py checks it against
+the R4B CapabilityStatement model and against the server's behaviour.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,11 @@ from typing import Any
 
 from gateway import __version__
 from gateway.store.search_params import RESOURCE_TYPES, params_for
+
+# Per-type interactions served for every type in RESOURCE_TYPES.
+TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
+                     "search-type")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
 _TYPE_DOCS = {"_id": "Logical id of the resource"}
 
@@ -21,9 +33,14 @@ def capability_statement(base: str) -> dict[str, Any]:
         ]
         resources.append({
             "type": rtype,
-            "versioning": "versioned",
+            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+            "versioning": "versioned-update",
             "readHistory": True,
-            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "multiple",
             "searchParam": params,
         })
     return {
@@ -36,5 +53,6 @@ def capability_statement(base: str) -> dict[str, Any]:
                            "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{"mode": "server", "resource": resources}],
+        "rest": [{"mode": "server", "resource": resources,
+                  "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS]}],
     }

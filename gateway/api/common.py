@@ -46,3 +46,29 @@ def versioned_headers(resource: dict[str, Any]) -> dict[str, str]:
         moment = datetime.fromisoformat(meta["lastUpdated"].replace("Z", "+00:00"))
         headers["Last-Modified"] = format_datetime(moment, usegmt=True)
     return headers
+
+
+PREFER_RETURNS = {"minimal": "minimal", "representation": "representation",
+                  "operationoutcome": "OperationOutcome"}
+
+
+def prefer_return(request: Request) -> str:
+    """``Prefer: return=minimal|representation|OperationOutcome`` (default representation)."""
+    for part in request.headers.get("prefer", "").split(","):
+        for token in part.split(";"):
+            name, _, value = token.strip().partition("=")
+            if name.lower() == "return":
+                return PREFER_RETURNS.get(value.strip().strip('"').lower(), "representation")
+    return "representation"
+
+
+def version_location(base: str, resource: dict[str, Any]) -> str:
+    """``{base}/{type}/{id}/_history/{version}``: the Location of a written version."""
+    meta = resource.get("meta", {})
+    return f"{base}/{resource['resourceType']}/{resource['id']}/_history/{meta.get('versionId', '1')}"
+
+
+def information(diagnostics: str) -> dict[str, Any]:
+    """An OperationOutcome saying what happened (Prefer: return=OperationOutcome)."""
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": diagnostics}]}

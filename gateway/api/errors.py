@@ -24,15 +24,27 @@ def operation_outcome(diagnostics: str, *, severity: str = "error", code: str = 
 
 
 class FhirError(Exception):
-    """Raise anywhere in the API to answer with an OperationOutcome."""
+    """Raise anywhere in the API to answer with an OperationOutcome.
+
+    ``issues`` (full OperationOutcome.issue dicts) replaces the single issue built
+    from ``diagnostics``/``code``/``expression`` when one error has several causes
+    (a resource failing validation in three places is one 422 with three issues).
+    """
 
     def __init__(self, status: int, diagnostics: str, *, code: str | None = None,
-                 expression: list[str] | None = None) -> None:
+                 expression: list[str] | None = None, issues: list[dict[str, Any]] | None = None) -> None:
         super().__init__(diagnostics)
         self.status = status
         self.diagnostics = diagnostics
         self.code = code or _ISSUE_CODE_BY_STATUS.get(status, "processing")
         self.expression = expression
+        self.issues = issues
+
+    def outcome(self) -> dict[str, Any]:
+        """This error as an OperationOutcome resource."""
+        if self.issues:
+            return {"resourceType": "OperationOutcome", "issue": list(self.issues)}
+        return operation_outcome(self.diagnostics, code=self.code, expression=self.expression)
 
 
 def outcome_response(status: int, diagnostics: str, *, code: str | None = None,
@@ -45,7 +57,7 @@ def outcome_response(status: int, diagnostics: str, *, code: str | None = None,
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def _fhir_error(_request: Request, exc: FhirError) -> FhirResponse:
-        return outcome_response(exc.status, exc.diagnostics, code=exc.code, expression=exc.expression)
+        return FhirResponse(exc.outcome(), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FhirResponse:
