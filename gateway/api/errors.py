@@ -66,7 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no such endpoint: {request.method} {request.url.path}"
         if exc.status_code == 405:
             detail = f"{request.method} is not supported on {request.url.path}"
-        return outcome_response(exc.status_code, detail)
+        response = outcome_response(exc.status_code, detail)
+        if exc.headers:  # e.g. Allow on a 405
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> FhirResponse:
