@@ -1,43 +1,126 @@
-"""FHIR search routes: type search by GET (and, later, POST ``_search``)."""
+"""FHIR search routes: ``GET /fhir/{type}``, ``POST /fhir/{type}/_search`` and
+``Patient/{id}/$everything`` (GET and POST).
+
+Routes are plain ``def`` (FastAPI runs them on its threadpool) over a short
+read-only unit of work.  ``GET /bench/static`` — a fixed JSON answer, the
+ceiling the search benchmark compares against — exists only when
+``GATEWAY_BENCH_ENDPOINTS=1``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlencode
+import os
+from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.common import base_url, check_format, check_type, engine_of, wants_pretty
 from gateway.api.errors import FhirError
+from gateway.api.everything import PatientGone, everything
 from gateway.api.responses import FhirResponse
+from gateway.api.searchset import searchset
 from gateway.store.reading import read_only
 from gateway.store.search import SearchError, search
 
-router = APIRouter(prefix="/fhir")
+router = APIRouter()
+
+_FORM = "application/x-www-form-urlencoded"
 
 
-@router.get("/{resource_type}")
-def search_type(resource_type: str, request: Request) -> Response:
+def _lenient(request: Request) -> bool:
+    return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "").lower()
+
+
+async def _form_params(request: Request) -> list[tuple[str, str]]:
+    """Body parameters of a POST search (form-encoded), after the URL's own."""
+    body = await request.body()
+    ctype = request.headers.get("content-type", "")
+    if body and "json" in ctype:
+        return _parameters(body)
+    if body and not ctype.startswith(_FORM):
+        raise FhirError(415, f"POST search takes {_FORM}, not '{ctype}'")
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True) if body else []
+    except UnicodeDecodeError:
+        raise FhirError(400, "the form body is not UTF-8") from None
+
+
+def _parameters(body: bytes) -> list[tuple[str, str]]:
+    """A FHIR Parameters body (how $everything is often POSTed): name -> value[x]."""
+    try:
+        resource = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise FhirError(400, "the body is not valid JSON") from None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
+        raise FhirError(400, "a JSON body here must be a Parameters resource")
+    out = []
+    for item in resource.get("parameter") or ():
+        value = next((v for k, v in item.items() if k.startswith("value")), None)
+        if isinstance(item.get("name"), str) and value is not None:
+            out.append((item["name"], str(value).lower() if isinstance(value, bool) else str(value)))
+    return out
+
+
+def _search_response(request: Request, resource_type: str, query: list[tuple[str, str]]) -> Response:
     check_format(request)
     check_type(resource_type)
-    query = list(request.query_params.multi_items())
-    lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
     try:
         with read_only(engine_of(request)) as uow:
-            result = search(uow, resource_type, query, lenient=lenient)
+            result = search(uow, resource_type, query, lenient=_lenient(request))
     except SearchError as exc:
         raise FhirError(400, str(exc), code="invalid", expression=[exc.param] if exc.param else None) from None
-    base = base_url(request)
-    kept = [(k, v) for k, v in query if k not in ("_after",)]
-    links = [{"relation": "self", "url": f"{base}/{resource_type}?{urlencode(kept)}"}]
-    if result.next_after:
-        links.append({"relation": "next",
-                      "url": f"{base}/{resource_type}?{urlencode(kept + [('_after', result.next_after)])}"})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if result.total is not None:
-        bundle["total"] = result.total
-    bundle["link"] = links
-    bundle["entry"] = [{"fullUrl": f"{base}/{resource_type}/{r['id']}", "resource": r,
-                        "search": {"mode": "match"}} for r in result.resources]
+    cursor = next((v for k, v in query if k == "_cursor"), None)
+    bundle = searchset(result, base_url(request), resource_type, cursor)
     return FhirResponse(bundle, pretty=wants_pretty(request))
+
+
+@router.get("/fhir/{resource_type}")
+def search_type(resource_type: str, request: Request) -> Response:
+    return _search_response(request, resource_type, list(request.query_params.multi_items()))
+
+
+@router.post("/fhir/{resource_type}/_search")
+async def search_type_post(resource_type: str, request: Request) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
+    query = list(request.query_params.multi_items()) + await _form_params(request)
+    return await run_in_threadpool(_search_response, request, resource_type, query)
+
+
+def _everything_response(request: Request, patient_id: str, query: list[tuple[str, str]]) -> Response:
+    check_format(request)
+    try:
+        with read_only(engine_of(request)) as uow:
+            result = everything(uow, patient_id, query, lenient=_lenient(request))
+    except SearchError as exc:
+        raise FhirError(400, str(exc), code="invalid", expression=[exc.param] if exc.param else None) from None
+    except PatientGone as exc:
+        raise FhirError(exc.status, str(exc)) from None
+    cursor = next((v for k, v in query if k == "_cursor"), None)
+    bundle = searchset(result, base_url(request), f"Patient/{patient_id}/$everything", cursor)
+    return FhirResponse(bundle, pretty=wants_pretty(request))
+
+
+@router.get("/fhir/Patient/{patient_id}/$everything")
+def patient_everything(patient_id: str, request: Request) -> Response:
+    return _everything_response(request, patient_id, list(request.query_params.multi_items()))
+
+
+@router.post("/fhir/Patient/{patient_id}/$everything")
+async def patient_everything_post(patient_id: str, request: Request) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
+    query = list(request.query_params.multi_items()) + await _form_params(request)
+    return await run_in_threadpool(_everything_response, request, patient_id, query)
+
+
+if os.environ.get("GATEWAY_BENCH_ENDPOINTS") == "1":
+    _STATIC = FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}).body
+
+    @router.get("/bench/static")
+    def bench_static() -> Response:
+        """The ceiling for bench/search.py: the same stack (threadpool route, FHIR
+        JSON response) with no database work."""
+        return Response(_STATIC, media_type="application/fhir+json")

@@ -112,6 +112,24 @@ def _tokens(value: Any) -> Iterator[tuple[str, str]]:
         yield "", str(value)
 
 
+def _token_texts(value: dict[str, Any]) -> Iterator[str]:
+    """CodeableConcept.text and Coding.display, for the token ``:text`` modifier.
+
+    They are indexed as string rows under ``<param>:text`` (no extra column, and
+    nothing at all for plain codes and identifiers, which have no text)."""
+    text = value.get("text")
+    if isinstance(text, str) and text:
+        yield text
+    display = value.get("display")
+    if isinstance(display, str) and display:
+        yield display
+    for coding in value.get("coding") or ():
+        if isinstance(coding, dict):
+            display = coding.get("display")
+            if isinstance(display, str) and display and display != text:
+                yield display
+
+
 _NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
 _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
 
@@ -173,6 +191,9 @@ def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows
             if param.type == "token":
                 for system, code in _tokens(value):
                     rows.token.append((name, system[:MAX_VALUE], code[:MAX_VALUE]))
+                if isinstance(value, dict):
+                    for text in _token_texts(value):
+                        rows.string.append((name + ":text", normalise_string(text), text[:MAX_VALUE]))
             elif param.type == "string":
                 for text in _strings(value):
                     rows.string.append((name, normalise_string(text), text[:MAX_VALUE]))
