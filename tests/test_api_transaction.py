@@ -168,3 +168,13 @@ def test_prefer_minimal_leaves_resources_out_of_the_response_bundle(gateway):
         entry = response.json()["entry"][0]
         assert "resource" not in entry
         assert entry["response"]["status"] == "201 Created"
+
+
+def test_transaction_posted_to_base_with_trailing_slash_is_not_redirected(sqlite_gateway):
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "metadata"}}]}
+    with sqlite_gateway.http() as http:
+        reply = http.post("/fhir/", json=bundle, headers={"content-type": "application/fhir+json"},
+                          follow_redirects=False)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["type"] == "batch-response"

@@ -34,7 +34,7 @@ from starlette.responses import Response
 from gateway.api import writes
 from gateway.api.capability import capability_statement
 from gateway.api.common import (base_url, check_format, check_type, engine_of, information, prefer_return,
-                                version_location, versioned_headers, wants_pretty)
+                                run_read, version_location, versioned_headers, wants_pretty)
 from gateway.api.errors import FhirError
 from gateway.api.history import history_bundle
 from gateway.api.responses import FhirResponse
@@ -56,6 +56,7 @@ def metadata(request: Request) -> Response:
 
 # --- system level -------------------------------------------------------------------------
 @router.post("")
+@router.post("/")  # fhirpy and fhirclient post Bundles to "{base}/": answer, don't redirect
 async def transaction_or_batch(request: Request) -> Response:
     check_format(request)
     check_content_type(request.headers.get("content-type"))
@@ -117,7 +118,11 @@ async def conditional_delete(resource_type: str, request: Request) -> Response:
 
 # --- instance level -----------------------------------------------------------------------
 @router.get("/{resource_type}/{res_id}")
-def read(resource_type: str, res_id: str, request: Request) -> Response:
+async def read(resource_type: str, res_id: str, request: Request) -> Response:
+    return await run_read(request, _read, resource_type, res_id, request)
+
+
+def _read(resource_type: str, res_id: str, request: Request) -> Response:
     check_format(request)
     check_type(resource_type)
     with read_only(engine_of(request)) as uow:
@@ -157,7 +162,11 @@ def history_instance(resource_type: str, res_id: str, request: Request) -> Respo
 
 
 @router.get("/{resource_type}/{res_id}/_history/{version_id}")
-def vread(resource_type: str, res_id: str, version_id: str, request: Request) -> Response:
+async def vread(resource_type: str, res_id: str, version_id: str, request: Request) -> Response:
+    return await run_read(request, _vread, resource_type, res_id, version_id, request)
+
+
+def _vread(resource_type: str, res_id: str, version_id: str, request: Request) -> Response:
     check_format(request)
     check_type(resource_type)
     if not version_id.isdigit():

@@ -16,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.common import base_url, check_format, check_type, engine_of, wants_pretty
+from gateway.api.common import base_url, check_format, check_type, engine_of, run_read, wants_pretty
 from gateway.api.errors import FhirError
 from gateway.api.everything import PatientGone, everything
 from gateway.api.responses import FhirResponse
@@ -77,16 +77,15 @@ def _search_response(request: Request, resource_type: str, query: list[tuple[str
 
 
 @router.get("/fhir/{resource_type}")
-def search_type(resource_type: str, request: Request) -> Response:
-    return _search_response(request, resource_type, list(request.query_params.multi_items()))
+async def search_type(resource_type: str, request: Request) -> Response:
+    return await run_read(request, _search_response, request, resource_type,
+                          list(request.query_params.multi_items()))
 
 
 @router.post("/fhir/{resource_type}/_search")
 async def search_type_post(resource_type: str, request: Request) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     query = list(request.query_params.multi_items()) + await _form_params(request)
-    return await run_in_threadpool(_search_response, request, resource_type, query)
+    return await run_read(request, _search_response, request, resource_type, query)
 
 
 def _everything_response(request: Request, patient_id: str, query: list[tuple[str, str]]) -> Response:
@@ -104,23 +103,22 @@ def _everything_response(request: Request, patient_id: str, query: list[tuple[st
 
 
 @router.get("/fhir/Patient/{patient_id}/$everything")
-def patient_everything(patient_id: str, request: Request) -> Response:
-    return _everything_response(request, patient_id, list(request.query_params.multi_items()))
+async def patient_everything(patient_id: str, request: Request) -> Response:
+    return await run_read(request, _everything_response, request, patient_id,
+                          list(request.query_params.multi_items()))
 
 
 @router.post("/fhir/Patient/{patient_id}/$everything")
 async def patient_everything_post(patient_id: str, request: Request) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     query = list(request.query_params.multi_items()) + await _form_params(request)
-    return await run_in_threadpool(_everything_response, request, patient_id, query)
+    return await run_read(request, _everything_response, request, patient_id, query)
 
 
 if os.environ.get("GATEWAY_BENCH_ENDPOINTS") == "1":
     _STATIC = FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}).body
 
     @router.get("/bench/static")
-    def bench_static() -> Response:
-        """The ceiling for bench/search.py: the same stack (threadpool route, FHIR
-        JSON response) with no database work."""
+    async def bench_static() -> Response:
+        """The ceiling for bench/search.py: the framework alone (an async route
+        answering fixed FHIR JSON), no database work."""
         return Response(_STATIC, media_type="application/fhir+json")

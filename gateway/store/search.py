@@ -42,8 +42,8 @@ MATCHING_CAP = 1000  # conditional create/update/delete never need more
 MAX_INCLUDED = 2000  # included resources per page, whatever the _include says
 MAX_ITERATE_LEVELS = 4
 RESULT_PARAMS = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_include", "_revinclude",
-                 "_format", "_pretty", "_contained", "_containedType"}
-_IGNORED = {"_format", "_pretty"}
+                 "_format", "_pretty", "_contained", "_containedType", "_totalMethod"}
+_IGNORED = {"_format", "_pretty", "_totalMethod"}  # _totalMethod: fhirpy's count() sends it (not R4)
 SUMMARY_MODES = ("true", "false", "text", "data", "count")
 TOTAL_MODES = ("none", "estimate", "accurate")
 _TABLE_OF = {"token": "idx_token", "uri": "idx_token", "string": "idx_string", "date": "idx_date",
