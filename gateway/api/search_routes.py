@@ -10,6 +10,7 @@ ceiling the search benchmark compares against — exists only when
 from __future__ import annotations
 
 import os
+from typing import Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -22,7 +23,8 @@ from gateway.api.everything import PatientGone, everything
 from gateway.api.responses import FhirResponse
 from gateway.api.searchset import searchset
 from gateway.store.reading import read_only
-from gateway.store.search import SearchError, search
+from gateway.store.search import SearchError, SearchResult, search
+from gateway.store.unit_of_work import UnitOfWork
 
 router = APIRouter()
 
@@ -63,17 +65,27 @@ def _parameters(body: bytes) -> list[tuple[str, str]]:
     return out
 
 
-def _search_response(request: Request, resource_type: str, query: list[tuple[str, str]]) -> Response:
+def _searchset_response(request: Request, path: str, query: list[tuple[str, str]],
+                        run: Callable[[UnitOfWork], SearchResult]) -> Response:
+    """Run one search-like read and answer with its searchset Bundle (errors as
+    OperationOutcomes)."""
     check_format(request)
-    check_type(resource_type)
     try:
         with read_only(engine_of(request)) as uow:
-            result = search(uow, resource_type, query, lenient=_lenient(request))
+            result = run(uow)
     except SearchError as exc:
         raise FhirError(400, str(exc), code="invalid", expression=[exc.param] if exc.param else None) from None
+    except PatientGone as exc:
+        raise FhirError(exc.status, str(exc)) from None
     cursor = next((v for k, v in query if k == "_cursor"), None)
-    bundle = searchset(result, base_url(request), resource_type, cursor)
-    return FhirResponse(bundle, pretty=wants_pretty(request))
+    return FhirResponse(searchset(result, base_url(request), path, cursor), pretty=wants_pretty(request))
+
+
+def _search_response(request: Request, resource_type: str, query: list[tuple[str, str]]) -> Response:
+    check_type(resource_type)
+    lenient = _lenient(request)
+    return _searchset_response(request, resource_type, query,
+                               lambda uow: search(uow, resource_type, query, lenient=lenient))
 
 
 @router.get("/fhir/{resource_type}")
@@ -89,17 +101,9 @@ async def search_type_post(resource_type: str, request: Request) -> Response:
 
 
 def _everything_response(request: Request, patient_id: str, query: list[tuple[str, str]]) -> Response:
-    check_format(request)
-    try:
-        with read_only(engine_of(request)) as uow:
-            result = everything(uow, patient_id, query, lenient=_lenient(request))
-    except SearchError as exc:
-        raise FhirError(400, str(exc), code="invalid", expression=[exc.param] if exc.param else None) from None
-    except PatientGone as exc:
-        raise FhirError(exc.status, str(exc)) from None
-    cursor = next((v for k, v in query if k == "_cursor"), None)
-    bundle = searchset(result, base_url(request), f"Patient/{patient_id}/$everything", cursor)
-    return FhirResponse(bundle, pretty=wants_pretty(request))
+    lenient = _lenient(request)
+    return _searchset_response(request, f"Patient/{patient_id}/$everything", query,
+                               lambda uow: everything(uow, patient_id, query, lenient=lenient))
 
 
 @router.get("/fhir/Patient/{patient_id}/$everything")
