@@ -71,6 +71,9 @@ def convert(file: Path) -> None:
         for issue in result.issues:
             where = f"{issue.segment}-{issue.field}" if issue.field else issue.segment
             click.echo(f"{issue.severity} {where}: {issue.text}", err=True)
+        if result.errors:  # ingest would answer AE and store nothing: print no Bundle either
+            failures += 1
+            continue
         click.echo(orjson.dumps(to_transaction_bundle(result), option=orjson.OPT_INDENT_2).decode())
     sys.exit(1 if failures else 0)
 

@@ -65,3 +65,12 @@ def test_reprocess_replays_a_logged_message(sqlite_gateway, sqlite_url):
     with sqlite_gateway.http() as http:
         replays = http.get("/hl7v2/messages", params={"control_id": "RP1"}).json()["messages"]
     assert len(replays) == 2 and replays[0]["replay_of"] == entry["id"]
+
+
+def test_convert_reports_a_message_ingest_would_reject_and_prints_no_bundle(tmp_path: Path):
+    path = tmp_path / "bad.hl7"
+    path.write_text(siu_message(make_child(5), 1, "S12", control_id="B1", when=WHEN).replace("||Booked", "||ARRIVED"))
+    result = gateway_cli("convert", str(path))
+    assert result.returncode == 1
+    assert "SCH-25" in result.stderr and "ARRIVED" in result.stderr
+    assert result.stdout.strip() == ""
