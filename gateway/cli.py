@@ -110,6 +110,7 @@ def send(file: Path, host: str, port: int, timeout: float) -> None:
 def reprocess(message_id: int, database_url: str | None) -> None:
     """Process a logged message again (after fixing a mapping or sender config)."""
     from gateway.app import Runtime
+    from gateway.hl7v2.parser import encode_as_declared
     from gateway.ingest.processor import Inbound
     from gateway.store.reading import read_only
 
@@ -120,7 +121,7 @@ def reprocess(message_id: int, database_url: str | None) -> None:
             row = uow.fetchone("SELECT raw FROM message_log WHERE id=?", (message_id,))
         if row is None:
             raise click.ClickException(f"message {message_id} is not in the log")
-        result = runtime.writer.process_now(Inbound(row[0].encode("utf-8"), "reprocess", "cli",
+        result = runtime.writer.process_now(Inbound(encode_as_declared(row[0]), "reprocess", "cli",
                                                     replay_of=message_id))
     finally:
         runtime.stop()

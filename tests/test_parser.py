@@ -507,3 +507,12 @@ def test_escape_text_output():
     v27 = Encoding("|", "^", "~", "\\", "&", "#")
     assert v27.escape_text("#1 and #2") == "#1 and #2"  # only a final # would read as truncation
     assert v27.escape_text("Flat 2#") == "Flat 2\\L\\"
+
+
+def test_encode_as_declared_round_trips_a_latin1_message_through_text():
+    from gateway.hl7v2.parser import encode_as_declared
+
+    text = "MSH|^~\\&|A|B|C|D|20240101||ADT^A08|1|P|2.5||||||8859/1\rPID|1||1^^^X^MR||Zoë^Ann\r"
+    data = encode_as_declared(text)
+    assert b"Zo\xeb" in data  # ISO-8859-1 bytes, as MSH-18 declares
+    assert parse_message(data).find("PID").value(5, 1) == "Zoë"

@@ -537,3 +537,10 @@ def split_batch(data: str | bytes) -> list[str]:
         elif messages:
             messages[-1].append(line)
     return ["\r".join(segs) + "\r" for segs in messages]
+
+
+def encode_as_declared(text: str) -> bytes:
+    """Message text back to bytes in the character set its MSH-18 declares (the
+    message log keeps decoded text; a replay must decode to the same text)."""
+    codec = _charset_from_bytes(text.encode("utf-8"))
+    return text.encode(codec, errors="replace")
