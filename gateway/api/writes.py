@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.api.errors import FhirError
 from gateway.api.validation import check_id, check_resource_type, validate_resource
-from gateway.notify.events import events_for_changes
+from gateway.notify.events import publish_events
 from gateway.store import search as search_module
 from gateway.store.ids import new_id
 from gateway.store.search import SearchError
@@ -61,12 +61,6 @@ def write_transaction(engine: Engine) -> Iterator[UnitOfWork]:
             # Two clients wrote the same new id (or version) at once; the loser retries.
             raise FhirError(409, "a concurrent write changed the same resource; retry", code="conflict") from exc
         raise
-
-
-def publish_events(uow: UnitOfWork) -> None:
-    for row in events_for_changes(uow.changes):
-        uow.emit(row)
-    uow.changes.clear()
 
 
 # --- conditional matching -----------------------------------------------------------------

@@ -107,7 +107,7 @@ def ack_mode(msg: Message) -> str:
     return "enhanced" if (msg.msh.raw(15).strip() or msg.msh.raw(16).strip()) else "original"
 
 
-def _reply_code(msg: Message | None, code: str) -> str:
+def reply_code(msg: Message | None, code: str) -> str:
     """The MSA-1 to send for an outcome ``code`` (AA/AE/AR), given the sender's ACK mode."""
     if msg is None or ack_mode(msg) == "original":
         return code
@@ -262,7 +262,7 @@ def build_ack(msg: Message | None, code: str, issues: Iterable[Issue] = (), *, t
         processing_raw=processing_raw,
         version_raw=version_raw,
         charset_raw=charset_raw,
-        code=_reply_code(msg, code),
+        code=reply_code(msg, code),
         acked_control_raw=acked_control_raw,
         msa_text=_msa_text(code, issues, text),
         issues=issues,

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.hl7v2.ack import ack_code_of, build_ack, generic_reject, issue_from_parse_error
+from gateway.hl7v2.ack import build_ack, generic_reject, issue_from_parse_error, reply_code
 from gateway.hl7v2.errors import Issue
 from gateway.hl7v2.parser import Message, ParseError, parse_message
 from gateway.mapping.engine import MappingEngine
 from gateway.mapping.model import MappingError
-from gateway.notify.events import events_for_changes
+from gateway.notify.events import publish_events
 from gateway.store.apply_intents import apply_intents
 from gateway.store.unit_of_work import UnitOfWork, dumps, fhir_instant
 
@@ -111,9 +111,7 @@ class MessageProcessor:
         try:
             with uow.savepoint():
                 applied = apply_intents(uow, result, source=source_uri(msg))
-                for row in events_for_changes(uow.changes):
-                    uow.emit(row)
-                uow.changes.clear()
+                publish_events(uow)
                 issues += applied.issues
                 warn = any(i.severity == "W" for i in issues)
                 return self._finish(uow, inbound, msg, "AA", issues, "warning" if warn else "processed",
@@ -150,7 +148,7 @@ class MessageProcessor:
     def _finish(self, uow: UnitOfWork, inbound: Inbound, msg: Message, code: str, issues: list[Issue],
                 outcome: str, *, touched: list[str] | None = None, accepted: bool = False) -> Processed:
         ack = build_ack(msg, code, issues, text=_summary(issues))
-        shown = ack_code_of(ack)  # CA/CE/CR in an enhanced-mode commit ACK
+        shown = reply_code(msg, code)  # CA/CE/CR in an enhanced-mode commit ACK
         log_id = self._log(uow, inbound, msg=msg, outcome=outcome, ack=ack, ack_code=shown,
                            accepted=accepted, error=_summary([i for i in issues if i.severity != "I"]),
                            touched=touched or [], raw=msg.text)

@@ -8,7 +8,7 @@ The delivery side (topics, subscriptions, the worker) reads the outbox.
 from __future__ import annotations
 
 from gateway.store.indexer import split_reference
-from gateway.store.unit_of_work import Change, OutboxRow
+from gateway.store.unit_of_work import Change, OutboxRow, UnitOfWork
 
 APPOINTMENT_NOSHOW = "appointment-noshow"
 
@@ -24,6 +24,16 @@ def patient_of(resource: dict) -> str:
         if target and target[0] == "Patient":
             return target[1]
     return ""
+
+
+def publish_events(uow: UnitOfWork) -> None:
+    """Turn the unit of work's changes so far into outbox rows (same transaction).
+
+    Every write path calls this before its commit: HL7 ingest (ingest/processor.py)
+    and FHIR API writes (api/writes.py)."""
+    for row in events_for_changes(uow.changes):
+        uow.emit(row)
+    uow.changes.clear()
 
 
 def events_for_changes(changes: list[Change]) -> list[OutboxRow]:
