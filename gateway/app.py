@@ -23,14 +23,16 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
-from gateway.api import fhir, hl7v2, search_routes
+from gateway.api import fhir, hl7v2, operations, search_routes
 from gateway.api.errors import install_error_handlers
 from gateway.ingest.handler import IngestHandler
 from gateway.ingest.mllp import MllpServer
 from gateway.ingest.processor import MessageProcessor
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.mapping.engine import MappingEngine
-from gateway.settings import Settings
+from gateway.notify.delivery import DeliveryWorker
+from gateway.rules.scheduler import RulesScheduler
+from gateway.settings import Settings, use_settings
 from gateway.store.checkpoint import WalCheckpointer
 from gateway.store.database import make_engine, migrate
 from gateway.store.reading import read_only
@@ -43,11 +45,14 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        use_settings(settings)  # hooks (rules, markers) read their configuration from here
         self.engine = make_engine(settings.database_url)
         self.mapping = MappingEngine(settings.mappings_dir, settings.default_timezone)
         self.processor = MessageProcessor(self.mapping)
         self.writer = GroupCommitWriter(self.engine, self.processor, batch_max=settings.ingest_batch_max)
         self.checkpointer = WalCheckpointer(self.engine)
+        # Background work after commit: subscription delivery, time-based rules (drift).
+        self.workers = [DeliveryWorker(self.engine, settings), RulesScheduler(self.engine, settings)]
         self.mllp: MllpServer | None = None
         self._started = False
 
@@ -56,10 +61,14 @@ class Runtime:
             migrate(self.settings.database_url)
             self.writer.start()
             self.checkpointer.start()
+            for worker in self.workers:
+                worker.start()
             self._started = True
 
     def stop(self) -> None:
         if self._started:
+            for worker in self.workers:
+                worker.stop()
             self.writer.stop()
             self.checkpointer.stop()
             self.engine.dispose()
@@ -87,6 +96,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.writer = runtime.writer
     install_error_handlers(app)
     app.include_router(hl7v2.router)
+    app.include_router(operations.router)  # $operations before the generic /fhir/{type} routes
     app.include_router(fhir.router)  # /metadata first: it must not be taken for a type search
     app.include_router(search_routes.router)
 

@@ -36,6 +36,37 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # Safeguarding rules (gateway/rules/): the versioned rules file, a switch for
+    # the event-driven rules, and how often the scheduler runs the time-based ones.
+    rules_file: Path = REPO_ROOT / "profiles" / "safeguarding-rules.yaml"
+    rules_enabled: bool = True
+    rules_interval_seconds: float = 60.0
+    # Child markers (gprecords/markers.py): SNOMED CT code lists for complex needs etc.
+    complex_needs_file: Path = REPO_ROOT / "mappings" / "complex-needs.yaml"
+
+    # Subscription delivery (gateway/notify/): retry for this long before a
+    # subscription goes to 'error'; how often the worker looks for new events.
+    delivery_enabled: bool = True
+    delivery_retry_hours: float = 24.0
+    delivery_poll_seconds: float = 0.05
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+_current: Settings | None = None
+
+
+def use_settings(settings: Settings) -> None:
+    """Make these the process's settings for code with no request or runtime at hand
+    (write hooks: rules, markers).  Runtime and the CLI call it at start."""
+    global _current
+    _current = settings
+
+
+def current_settings() -> Settings:
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current

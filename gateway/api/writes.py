@@ -23,10 +23,10 @@ from sqlalchemy.engine import Engine
 
 from gateway.api.errors import FhirError
 from gateway.api.validation import check_id, check_resource_type, validate_resource
-from gateway.notify.events import publish_events
 from gateway.store import search as search_module
 from gateway.store.ids import new_id
 from gateway.store.search import SearchError
+from gateway.store.hooks import WriteRejected, run_after_changes
 from gateway.store.unit_of_work import Stored, UnitOfWork, VersionConflict, unit_of_work
 
 # A conditional delete removes every match, up to this many; more is a 412.
@@ -55,12 +55,23 @@ def write_transaction(engine: Engine) -> Iterator[UnitOfWork]:
     try:
         with unit_of_work(engine) as uow:
             yield uow
-            publish_events(uow)
+            with refusals_as_outcomes():
+                run_after_changes(uow)
     except Exception as exc:
         if any(cls.__name__ == "IntegrityError" for cls in type(exc).__mro__):
             # Two clients wrote the same new id (or version) at once; the loser retries.
             raise FhirError(409, "a concurrent write changed the same resource; retry", code="conflict") from exc
         raise
+
+
+@contextmanager
+def refusals_as_outcomes() -> Iterator[None]:
+    """A business rule's refusal (store/hooks.py WriteRejected) answers as an
+    OperationOutcome naming the element (422 unless the rule says otherwise)."""
+    try:
+        yield
+    except WriteRejected as exc:
+        raise FhirError(exc.status, exc.message, code=exc.code, expression=exc.expression or None) from None
 
 
 # --- conditional matching -----------------------------------------------------------------
@@ -141,7 +152,8 @@ def create(uow: UnitOfWork, resource_type: str, resource: dict[str, Any], *,
         existing_id = conditional_create_target(uow, resource_type, if_none_exist)
         if existing_id is not None:
             return found_existing(uow, resource_type, existing_id)
-    stored = uow.create(resource_type, resource, res_id=res_id or new_id())
+    with refusals_as_outcomes():
+        stored = uow.create(resource_type, resource, res_id=res_id or new_id())
     return WriteOutcome(201, stored, f"created {stored.ref} (version 1)")
 
 
@@ -178,7 +190,8 @@ def update(uow: UnitOfWork, resource_type: str, res_id: str, resource: dict[str,
             raise FhirError(409, f"{resource_type}/{res_id} was deleted (version {before.version_id}); "
                                  f"PUT without If-Match to re-create it", code="conflict")
     try:
-        stored = uow.update(resource_type, res_id, resource, expected_version=if_match, before=before)
+        with refusals_as_outcomes():
+            stored = uow.update(resource_type, res_id, resource, expected_version=if_match, before=before)
     except VersionConflict as exc:
         raise FhirError(412, f"If-Match failed: {exc}", code="conflict") from None
     if before is None or before.deleted:

@@ -18,8 +18,8 @@ from gateway.hl7v2.errors import Issue
 from gateway.hl7v2.parser import Message, ParseError, parse_message
 from gateway.mapping.engine import MappingEngine
 from gateway.mapping.model import MappingError
-from gateway.notify.events import publish_events
 from gateway.store.apply_intents import apply_intents
+from gateway.store.hooks import WriteRejected, run_after_changes
 from gateway.store.unit_of_work import UnitOfWork, dumps, fhir_instant
 
 log = logging.getLogger("gateway.ingest")
@@ -111,11 +111,16 @@ class MessageProcessor:
         try:
             with uow.savepoint():
                 applied = apply_intents(uow, result, source=source_uri(msg))
-                publish_events(uow)
+                run_after_changes(uow)
                 issues += applied.issues
                 warn = any(i.severity == "W" for i in issues)
                 return self._finish(uow, inbound, msg, "AA", issues, "warning" if warn else "processed",
                                     touched=applied.touched, accepted=True)
+        except WriteRejected as exc:  # a business rule refused (e.g. closing a referral with open concerns)
+            uow.changes.clear()
+            issue = Issue("E", 207, f"refused: {exc.message}" + (f" ({', '.join(exc.expression)})"
+                                                                 if exc.expression else ""))
+            return self._finish(uow, inbound, msg, "AE", issues + [issue], "error")
         except Exception as exc:
             if _is_unique_violation(exc):  # another replica accepted this same message meanwhile
                 duplicate = self._duplicate_of(uow, msg)

@@ -7,6 +7,7 @@ The delivery side (topics, subscriptions, the worker) reads the outbox.
 
 from __future__ import annotations
 
+from gateway.store.hooks import after_changes
 from gateway.store.indexer import split_reference
 from gateway.store.unit_of_work import Change, OutboxRow, UnitOfWork
 
@@ -26,14 +27,13 @@ def patient_of(resource: dict) -> str:
     return ""
 
 
-def publish_events(uow: UnitOfWork) -> None:
-    """Turn the unit of work's changes so far into outbox rows (same transaction).
-
-    Every write path calls this before its commit: HL7 ingest (ingest/processor.py)
-    and FHIR API writes (api/writes.py)."""
-    for row in events_for_changes(uow.changes):
+@after_changes(order=90, name="events")
+def publish_events(uow: UnitOfWork, changes: list[Change]) -> None:
+    """Turn changes into outbox rows (same transaction).  Runs last among the
+    after-change hooks (store/hooks.py), so Flags and Tasks the rules wrote in this
+    unit of work become events too."""
+    for row in events_for_changes(changes):
         uow.emit(row)
-    uow.changes.clear()
 
 
 def events_for_changes(changes: list[Change]) -> list[OutboxRow]:

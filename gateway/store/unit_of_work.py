@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.store import indexer
 from gateway.store.cache import WriterCache
+from gateway.store.hooks import check_before_write
 from gateway.store.ids import new_id
 from gateway.store.search_params import reference_params
 
@@ -202,6 +203,7 @@ class UnitOfWork:
     def create(self, res_type: str, resource: dict[str, Any], *, res_id: str | None = None,
                source: str = "") -> Stored:
         res_id = res_id or new_id()
+        resource = check_before_write(self, res_type, resource, None)
         return self._write(res_type, res_id, resource, None, "create", source)
 
     def update(self, res_type: str, res_id: str, resource: dict[str, Any], *,
@@ -214,6 +216,7 @@ class UnitOfWork:
             raise VersionConflict(
                 f"{res_type}/{res_id} is at version {before.version_id if before else 'none'}, "
                 f"not {expected_version}")
+        resource = check_before_write(self, res_type, resource, before if before and not before.deleted else None)
         return self._write(res_type, res_id, resource, before, "update" if before else "create", source)
 
     def delete(self, res_type: str, res_id: str, *, expected_version: int | None = None) -> Stored | None:
