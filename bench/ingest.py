@@ -111,14 +111,31 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--no-rules", action="store_true",
+                        help="run with the safeguarding rules off (GATEWAY_RULES_ENABLED=false)")
+    parser.add_argument("--compare-rules", action="store_true",
+                        help="SQLite: also run the same feed with the rules off (fresh database) and report "
+                             "the rules' cost")
     args = parser.parse_args()
+    if args.compare_rules and args.database_url:
+        parser.error("--compare-rules uses two fresh SQLite databases; leave --database-url out")
 
     messages = siu_mix(args.children, args.messages, seed=11)
     rates = parse_rates(messages)
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/bench.db"
-        proc, mllp_port, _http = start_gateway(url, {})
+        baseline = None
+        if args.compare_rules:  # rules off first, on its own fresh database, same feed
+            off_url = f"sqlite:///{tmp}/bench-rules-off.db"
+            proc, mllp_port, _http = start_gateway(off_url, {"GATEWAY_RULES_ENABLED": "false"})
+            try:
+                off_elapsed, _lat, _na = asyncio.run(drive(mllp_port, partition(messages, args.connections)))
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            baseline = len(messages) / off_elapsed
+        proc, mllp_port, _http = start_gateway(url, {"GATEWAY_RULES_ENABLED": "false"} if args.no_rules else {})
         try:
             elapsed, latencies, not_accepted = asyncio.run(drive(mllp_port, partition(messages,
                                                                                        args.connections)))
@@ -142,7 +159,11 @@ def main() -> None:
         "python_hl7_parse_only_per_s": round(rates["python-hl7"]),
         "gateway_parser_parse_only_per_s": round(rates["gateway parser"]),
         "end_to_end_vs_python_hl7_parse_only": round(throughput / rates["python-hl7"], 2),
+        "rules": "off" if args.no_rules else "on",
     }
+    if baseline is not None:
+        figures["rules_off_messages_per_s"] = round(baseline)
+        figures["rules_cost_pct_of_throughput"] = round((1 - throughput / baseline) * 100, 1)
     for key, value in figures.items():
         print(f"{key:40s} {value}")
     if args.json:

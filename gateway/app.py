@@ -182,6 +182,10 @@ class GatewayServer:
                 await self._http_task  # raises the startup error (port in use ...)
                 raise RuntimeError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
+        if not settings.public_base_url:  # notifications name this server by its real port
+            for worker in self.runtime.workers:
+                if hasattr(worker, "base_url"):
+                    worker.base_url = f"http://{settings.host}:{self.http_port}/fhir"
         log.info("gateway: FHIR on http://%s:%d/fhir, MLLP on %s:%d, database %s", settings.host,
                  self.http_port, settings.host, self.mllp_port,
                  self.runtime.engine.url.render_as_string(hide_password=True))

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, convert, send, reprocess."""
+"""The ``gateway`` command: serve, convert, send, reprocess, import."""
 
 from __future__ import annotations
 
@@ -129,6 +129,99 @@ def reprocess(message_id: int, database_url: str | None) -> None:
     click.echo(f"outcome: {result.outcome}; log id {result.log_id}; resources: {', '.join(result.touched) or '-'}",
                err=True)
     sys.exit(0 if result.ack_code in ("AA", "CA") else 1)
+
+
+@main.command(name="import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--database-url", default=None, help="[GATEWAY_DATABASE_URL]")
+@click.option("--source", default=None,
+              help="Where the records come from (a URI or a name); default: Bundle.meta.source, the practice's "
+                   "ODS code, or the file/folder name")
+@click.option("--fhir-version", default=None, help="STU3 or R4 (3.0.x / 4.0.x); default: detected")
+@click.option("--batch-size", type=int, default=500, show_default=True, help="NDJSON lines per transaction")
+@click.option("--quiet", is_flag=True, help="No progress bar")
+def import_(path: Path, database_url: str | None, source: str | None, fhir_version: str | None,
+            batch_size: int, quiet: bool) -> None:
+    """Import GP records: a Bundle (GP Connect STU3 or R4) or NDJSON (a file or a folder).
+
+    Safe while `gateway serve` runs on the same database (short transactions)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gateway.gprecords import ndjson
+    from gateway.gprecords.detect import ImportFormatError, shape_of
+    from gateway.gprecords.importer import Importer
+    from gateway.settings import use_settings
+    from gateway.store.database import make_engine, migrate
+
+    settings = _settings(database_url=database_url)
+    use_settings(settings)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=2)
+    try:
+        shape = shape_of(path)
+        files = ndjson.files_in(path) if shape.kind == "folder" else [path]
+        total = sum(ndjson.count_lines(f) for f in files) if shape.kind != "bundle" else None
+        with Progress(TextColumn("importing {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), disable=quiet, transient=False) as bar:
+            task = bar.add_task(path.name, total=total)
+            with Importer(engine, source=source, fhir_version=fhir_version, batch_size=batch_size) as importer:
+                report = importer.import_path(path, lambda n: bar.advance(task, n))
+    except ImportFormatError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    for problem in report.problems:
+        click.echo(f"error {problem.text()}" + (f" [{', '.join(problem.expression)}]" if problem.expression else ""),
+                   err=True)
+    if report.error_count > len(report.problems):
+        click.echo(f"... and {report.error_count - len(report.problems)} more errors", err=True)
+    for match in report.matches:
+        if match.outcome == "not-merged":
+            click.echo(f"warning {match.source} -> {match.patient}: not merged: {match.reason}", err=True)
+    for rtype, n in sorted(report.skipped_types.items()):
+        click.echo(f"skipped {n} {rtype} (not kept by the gateway)", err=True)
+    if report.rejected:
+        click.echo("the Bundle was rejected: nothing was written", err=True)
+    click.echo(f"{report.summary()}; source {report.source}")
+    sys.exit(1 if report.error_count else 0)
+
+
+@main.group()
+def rules() -> None:
+    """Safeguarding rules (profiles/safeguarding-rules.yaml; docs/rules.md)."""
+
+
+@rules.command(name="run")
+@click.option("--as-of", "as_of", default=None,
+              help="The rules' clock, ISO 8601 (e.g. 2026-03-01T09:00:00Z; no offset = UTC) [now]")
+@click.option("--database-url", default=None, help="[GATEWAY_DATABASE_URL]")
+def rules_run(as_of: str | None, database_url: str | None) -> None:
+    """Run the time-based rules once (R7 drift, Flags aging out) and print what they did (JSON)."""
+    from datetime import datetime, timezone
+
+    from gateway.rules.config import RulesConfigError
+    from gateway.rules.scheduler import run_once
+    from gateway.settings import use_settings
+    from gateway.store.database import make_engine, migrate
+
+    clock = None
+    if as_of:
+        try:
+            clock = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(f"{as_of!r} is not an ISO 8601 date-time", param_hint="--as-of") from None
+        clock = clock if clock.tzinfo else clock.replace(tzinfo=timezone.utc)
+    settings = _settings(database_url=database_url)
+    use_settings(settings)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=2)
+    try:
+        summary = run_once(engine, as_of=clock, rules_file=settings.rules_file)
+    except RulesConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":

@@ -49,6 +49,17 @@ class Settings(BaseSettings):
     delivery_enabled: bool = True
     delivery_retry_hours: float = 24.0
     delivery_poll_seconds: float = 0.05
+    # Backoff between attempts: base * 2**(n-1), capped at max (seconds); per-request
+    # timeout when a Subscription sets no backport-timeout; most concurrent deliveries
+    # (one per subscription, so a dead endpoint holds one slot, never the others);
+    # events per notification when a Subscription sets no backport-max-count; how long
+    # a replica's claim on a subscription lasts without renewal (multi-replica PostgreSQL).
+    delivery_retry_base_seconds: float = 1.0
+    delivery_retry_max_seconds: float = 300.0
+    delivery_timeout_seconds: float = 10.0
+    delivery_concurrency: int = 64
+    delivery_max_count: int = 20
+    delivery_lease_seconds: float = 30.0
 
     @property
     def is_sqlite(self) -> bool:

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from gateway import codes
+
 from gateway.store.unit_of_work import unit_of_work
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -45,6 +47,7 @@ def seed(gw) -> None:
         uow.create("Organization", {"name": "Wolverhampton Trust", "identifier": [{"system": ODS, "value": "RL4"}]},
                    res_id="o1")
         uow.create("Practitioner", {"name": [{"family": "Fenwick", "given": ["Ada"]}],
+                                    "telecom": [{"system": "phone", "value": "01632 960001"}],
                                     "identifier": [{"system": GMC, "value": "G100"}]}, res_id="d1")
         uow.create("Practitioner", {"name": [{"family": "Garside", "given": ["Tom"]}],
                                     "identifier": [{"system": GMC, "value": "G200"}]}, res_id="d2")
@@ -78,8 +81,12 @@ def seed(gw) -> None:
         uow.create("Flag", {"status": "inactive", "subject": _ref("Patient/p2"),
                             "code": {"text": "Old concern"}}, res_id="f2")
         uow.create("CareTeam", {"status": "active", "subject": _ref("Patient/p1"),
-                                "participant": [{"member": _ref("Practitioner/d1")}]}, res_id="ct1")
+                                "participant": [{"member": _ref("Practitioner/d1"), "role": [
+                                    {"coding": [{"system": codes.CARE_TEAM_ROLES,
+                                                 "code": codes.ROLE_LEAD_PROFESSIONAL}]}]}]}, res_id="ct1")
         uow.create("CarePlan", {"status": "active", "intent": "plan", "subject": _ref("Patient/p1"),
+                                "extension": [{"url": codes.EXT_INFORMATION_EXCHANGE,
+                                               "valueMarkdown": "Dr Fenwick phones the family after each review"}],
                                 "careTeam": [_ref("CareTeam/ct1")]}, res_id="cp1")
         uow.create("Task", {"status": "requested", "intent": "order", "for": _ref("Patient/p1"),
                             "focus": _ref("Flag/f1"), "owner": _ref("Organization/o1")}, res_id="t1")

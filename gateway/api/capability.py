@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.notify.topics import advertise_topics
 from gateway.store.search_params import RESOURCE_TYPES, params_for
 
 # Per-type interactions served for every type in RESOURCE_TYPES.
@@ -43,6 +44,7 @@ def capability_statement(base: str) -> dict[str, Any]:
             "conditionalDelete": "multiple",
             "searchParam": params,
         })
+    advertise_topics(resources)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -80,7 +80,7 @@ def process_bundle(engine: Engine, base: str, bundle: dict[str, Any], *, prefer:
     if len(raw_entries) > MAX_ENTRIES:
         raise FhirError(413, f"at most {MAX_ENTRIES} entries per Bundle", code="too-costly")
     if kind == "transaction":
-        entries = [_parse_entry(i, raw, base) for i, raw in enumerate(raw_entries)]
+        entries = _parse_all(raw_entries, base)
         _run_transaction(engine, base, entries, prefer)
         responses = [e.response for e in entries]
     else:
@@ -89,6 +89,35 @@ def process_bundle(engine: Engine, base: str, bundle: dict[str, Any], *, prefer:
 
 
 # --- transaction --------------------------------------------------------------------------
+def _parse_all(raw_entries: list[Any], base: str) -> list[_Entry]:
+    """Parse and validate every entry before anything runs, so a rejected transaction
+    names *each* bad entry (one issue per problem), not only the first."""
+    entries: list[_Entry] = []
+    issues: list[dict[str, Any]] = []
+    status = 0
+    for index, raw in enumerate(raw_entries):
+        try:
+            entry = _parse_entry(index, raw, base)
+            entries.append(entry)
+            if entry.method in ("POST", "PUT") and entry.resource is not None:
+                writes.prepare(entry.resource_type, {k: v for k, v in entry.resource.items()
+                                                     if not (k == "id" and entry.method == "POST")})
+        except FhirError as exc:
+            failed = exc if exc.diagnostics.startswith(f"Bundle.entry[{index}]") else \
+                _entry_error(exc, entries[-1] if entries and entries[-1].index == index else _stub(index))
+            issues.extend(failed.outcome()["issue"])
+            status = status or exc.status
+    if issues:
+        summary = issues[0]["diagnostics"] if len(issues) == 1 else \
+            f"{len(issues)} problems in the transaction, the first: {issues[0]['diagnostics']}"
+        raise FhirError(status, summary, issues=issues)
+    return entries
+
+
+def _stub(index: int) -> _Entry:
+    return _Entry(index, "?", "?", "", None, None, [], [], None, None, None, None)
+
+
 def _run_transaction(engine: Engine, base: str, entries: list[_Entry], prefer: str) -> None:
     ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
     refs: dict[str, str] = {}

@@ -113,16 +113,25 @@ def fhirpath(root: str, loc: tuple[Any, ...] | list[Any]) -> str:
     return path
 
 
+@lru_cache(maxsize=None)
+def _binding_plan(model: type[pydantic.BaseModel]) -> tuple[tuple[str, str, Any], ...]:
+    """(attribute, JSON name, required codes or None) per field of a model class: read from
+    the class once, not per element of every resource validated (a bulk import's hot path)."""
+    plan = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        allowed = extra.get("enum_values")
+        plan.append((name, field.alias or name, allowed if allowed and "+" not in allowed else None))
+    return tuple(plan)  # '+' marks an extensible list: not checked
+
+
 def _binding_problems(node: pydantic.BaseModel, path: str) -> Iterator[dict[str, Any]]:
     """Walk the validated model; every code with a required binding must be one of its codes."""
-    for name, field in type(node).model_fields.items():
+    for name, key, allowed in _binding_plan(type(node)):
         value = getattr(node, name, None)
         if value is None:
             continue
-        key = field.alias or name
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        allowed = extra.get("enum_values")
-        if allowed and "+" not in allowed:  # '+' marks an extensible list: not checked
+        if allowed:
             values = value if isinstance(value, list) else [value]
             for index, code in enumerate(values):
                 if isinstance(code, str) and code not in allowed:

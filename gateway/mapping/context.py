@@ -221,14 +221,18 @@ class Naming:
 class TypePolicy:
     """How intents of one resource type are matched and merged (mappings/resources.yaml)."""
 
-    __slots__ = ("resource_type", "match", "never", "merge", "_any_only")
+    __slots__ = ("resource_type", "match", "never", "merge", "same", "_any_only")
 
     def __init__(self, resource_type: str, match: tuple[tuple[str, Any], ...] = (),
-                 never: tuple[tuple[str, Any], ...] = (), merge: dict[str, str] | None = None) -> None:
+                 never: tuple[tuple[str, Any], ...] = (), merge: dict[str, str] | None = None,
+                 same: tuple[str, ...] = ()) -> None:
         self.resource_type = resource_type
         self.match = match    # ("system", str | regex) | ("type", code) | ("*", None), best first
         self.never = never    # selectors excluded from "*"
         self.merge = dict(merge or {})
+        # match_same: without a matching identifier, a stored resource of the same feed whose
+        # elements equal these (first: a reference, e.g. subject; then e.g. code) is this one
+        self.same = tuple(same)
         self._any_only = match == (("*", None),) and not never
 
     def _rank(self, ident: dict[str, Any], system: str) -> int | None:

@@ -33,6 +33,7 @@ from gateway.hl7v2.parser import DEFAULT_ENCODING, Message, Segment
 from gateway.mapping.context import CodeMap, MapContext, Naming, TypePolicy, new_urn, slug
 from gateway.mapping.finalizers import FINALIZERS
 from gateway.mapping.model import MappingError, MappingResult, ResourceIntent
+from gateway.mapping import provider as _provider  # noqa: F401  (registers the PRD[Reference] converter)
 from gateway.mapping.rules import Builder, CompiledRule, MappingConfigError, Rule, clone, compile_rule
 from gateway.mapping.segment_order import SegmentOrder, compile_segment_order
 from gateway.mapping.timestamps import hl7_to_utc_instant
@@ -57,11 +58,18 @@ VALUE_SETS: dict[tuple[str, str], frozenset[str]] = {
         "prov-labs prov-mri prov-onc maint meds-inc other oth-cms oth-err oth-fin oth-im oth-int oth-mu "
         "oth-room oth-oerr oth-swie oth-weath".split()),
     ("yes-no", "target"): frozenset(("true", "false")),
+    ("referral-status", "target"): frozenset(
+        "draft active on-hold revoked completed entered-in-error unknown".split()),
+    ("referral-priority", "target"): frozenset("routine urgent asap stat".split()),
+    ("diagnosis-type", "target"): frozenset(
+        "unconfirmed provisional differential confirmed refuted entered-in-error".split()),
+    ("diagnosis-action", "target"): frozenset(("entered-in-error",)),
 }
 ELEMENT_VALUE_SETS: dict[tuple[str, str], frozenset[str]] = {
     ("Appointment", "status"): VALUE_SETS[("appointment-status", "target")],
     ("Encounter", "status"): frozenset(
         "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown".split()),
+    ("ServiceRequest", "status"): VALUE_SETS[("referral-status", "target")],
 }
 # Code maps the datatype converters read by name; they must exist.
 REQUIRED_CODE_MAPS = ("name-use", "address-use", "telecom-use", "telecom-equipment", "identifier-systems",
@@ -239,11 +247,16 @@ class MappingEngine:
         policies = {}
         for resource_type, spec in types.items():
             where = f"resources.yaml {resource_type}"
+            same = spec.get("match_same") or []
+            if not isinstance(same, list) or len(same) == 1 or not all(isinstance(e, str) for e in same):
+                raise MappingConfigError(f"{where}: match_same must list a reference element and at least "
+                                         f"one more element, e.g. [subject, code]")
             policies[resource_type] = TypePolicy(
                 resource_type,
                 _compile_selectors(spec.get("match", ["*"]), where),
                 _compile_selectors(spec.get("never_match", []), where),
                 dict(spec.get("merge", {})),
+                tuple(same),
             )
             for element, how in policies[resource_type].merge.items():
                 if how not in ("union", "replace"):
@@ -371,9 +384,14 @@ class MappingEngine:
                     raise MappingConfigError(f"{where} event {event}: no resource {key!r}")
                 spec = dict(spec or {})
                 action = spec.pop("action", None)
+                require = spec.pop("require", None) or {}
+                for element, issue in require.items():
+                    if not isinstance(issue, dict) or "text" not in issue:
+                        raise MappingConfigError(f"{where} event {event}: require {element} needs "
+                                                 f"{{code, segment, field, text}}")
                 if action not in (None, "upsert", "delete", "merge-into"):
                     raise MappingConfigError(f"{where} event {event}: unknown action {action!r}")
-                compiled_event[key] = {"action": action,
+                compiled_event[key] = {"action": action, "require": require,
                                        "policies": _element_policies(types_by_key[key], spec, f"{where} {event}")}
             events[str(event).upper()] = compiled_event
         return CompiledMessage(doc["message"].upper(), [s.upper() for s in doc.get("required_segments", [])],
@@ -408,8 +426,8 @@ class MappingEngine:
             raise MappingConfigError(f"{where}: the key is used twice")
         if rspec.get("action", "upsert") not in ("upsert", "delete", "merge-into"):
             raise MappingConfigError(f"{where}: action must be upsert, delete or merge-into")
-        if rspec.get("on_repeat", "warn") not in ("warn", "error"):
-            raise MappingConfigError(f"{where}: on_repeat must be warn or error")
+        if rspec.get("on_repeat", "warn") not in ("warn", "error", "each"):
+            raise MappingConfigError(f"{where}: on_repeat must be warn, error or each")
         how = rspec.get("unidentified")
         if not (how in (None, "skip", "create") or (isinstance(how, dict) and "text" in how)):
             raise MappingConfigError(f"{where}: unidentified must be skip, create or {{code, segment, field, text}}")
@@ -460,10 +478,10 @@ class MappingEngine:
         by_key: dict[str, ResourceIntent] = {}
         event_spec = spec.events.get(event, {})
         for rspec in spec.resources:
-            intent = self._map_resource(msg, ctx, rspec, event, event_spec.get(rspec.key), by_key)
-            if intent is not None:
-                by_key[rspec.key] = intent
-                ctx.keyed[rspec.key] = intent.full_url
+            for intent in self._map_resource(msg, ctx, rspec, event, event_spec.get(rspec.key), by_key):
+                if rspec.key not in by_key:  # `ref:` and merge_target name the first of an `each` resource
+                    by_key[rspec.key] = intent
+                    ctx.keyed[rspec.key] = intent.full_url
                 ctx.intents.append(intent)
         order = self._order
         intents = sorted(ctx.intents, key=lambda i: order.get(i.resource_type, len(order)))
@@ -482,20 +500,31 @@ class MappingEngine:
             return None
 
     def _map_resource(self, msg: Message, ctx: MapContext, rspec: CompiledResource, event: str,
-                      event_spec: dict[str, Any] | None, by_key: dict[str, ResourceIntent]) -> ResourceIntent | None:
-        """One resource of the message: build it from its segments, let the event have its say,
-        finalize it, and find what identifies it."""
+                      event_spec: dict[str, Any] | None, by_key: dict[str, ResourceIntent]) -> list[ResourceIntent]:
+        """The intents of one resource spec: one, or with ``on_repeat: each`` one per occurrence
+        of the anchor segment (each DG1 its own Condition)."""
         if rspec.events is not None and event not in rspec.events:
-            return None
+            return []
         anchors = msg.find_all(rspec.anchor)
         if not anchors:
-            return None
+            return []
+        if rspec.on_repeat == "each":
+            intents = (self._map_one(msg, ctx, rspec, anchor, sequence, event_spec, by_key)
+                       for sequence, anchor in enumerate(anchors, 1))
+            return [intent for intent in intents if intent is not None]
         if len(anchors) > 1:
             ctx.at(rspec.anchor, 2)
             severity = "E" if rspec.on_repeat == "error" else "W"
             ctx.issue(severity, 100, f"{len(anchors)} {rspec.anchor} segments; only the first is mapped to "
                                      f"{rspec.resource_type}")
-        b, deferred = self._build(msg, ctx, rspec, anchors[0])
+        intent = self._map_one(msg, ctx, rspec, anchors[0], 1, event_spec, by_key)
+        return [intent] if intent is not None else []
+
+    def _map_one(self, msg: Message, ctx: MapContext, rspec: CompiledResource, anchor: Segment, sequence: int,
+                 event_spec: dict[str, Any] | None, by_key: dict[str, ResourceIntent]) -> ResourceIntent | None:
+        """One resource: build it from its segments, let the event have its say, finalize it,
+        and find what identifies it."""
+        b, deferred = self._build(msg, ctx, rspec, anchor, sequence)
         resource = b.resource
         for element, policy in rspec.defaults.items():
             policy.apply(resource, element)
@@ -504,6 +533,11 @@ class MappingEngine:
             for element, policy in event_spec["policies"].items():
                 policy.apply(resource, element)
             action = event_spec["action"] or action
+            for element, how in event_spec.get("require", {}).items():
+                if resource.get(element) in (None, "", [], {}):  # e.g. a referral with no concern
+                    raise MappingError(ctx.issues + [Issue("E", int(how.get("code", 101)), how["text"],
+                                                           how.get("segment", rspec.anchor), sequence,
+                                                           how.get("field"))])
         for rule, seg, sequence in deferred:  # `when` rules see the settled status
             if rule.when.holds(resource):  # type: ignore[union-attr]
                 ctx.sequence = sequence
@@ -516,17 +550,22 @@ class MappingEngine:
                 del resource[key]
         policy = self._policies.get(rspec.resource_type)
         matches = policy.matches(resource.get("identifier") or []) if policy else []
-        if not matches and not self._unidentified(ctx, rspec):
+        same: dict[str, Any] = {}
+        if not matches and policy is not None and policy.same:
+            same = {element: resource[element] for element in policy.same if resource.get(element)}
+            if len(same) < len(policy.same):
+                same = {}  # e.g. no code: nothing to know a resend by
+        if not matches and not same and not self._unidentified(ctx, rspec, sequence):
             return None
         target = by_key.get(rspec.merge_target) if rspec.merge_target else None
         return ResourceIntent(
             full_url=new_urn(), resource_type=rspec.resource_type, resource=resource, matches=matches,
             action=action, merge=dict(policy.merge) if policy else {}, guard_time=ctx.guard_time,  # type: ignore[arg-type]
-            merge_target=target.full_url if target else None, key=rspec.key,
+            merge_target=target.full_url if target else None, key=rspec.key, same=same,
         )
 
     @staticmethod
-    def _build(msg: Message, ctx: MapContext, rspec: CompiledResource, anchor: Segment
+    def _build(msg: Message, ctx: MapContext, rspec: CompiledResource, anchor: Segment, anchor_sequence: int = 1
                ) -> tuple[Builder, list[tuple[CompiledRule, Segment, int]]]:
         """Run the assign rules, then every segment's plain rules; return the rules that wait
         for a condition (with the segment they read)."""
@@ -539,7 +578,8 @@ class MappingEngine:
         current = b.current
         for seg_name, plain, conditional in rspec.plan:
             segments = (anchor,) if seg_name == rspec.anchor else msg.find_all(seg_name)
-            for sequence, seg in enumerate(segments, 1):
+            first = anchor_sequence if seg_name == rspec.anchor else 1  # ERR-2 names the right DG1
+            for sequence, seg in enumerate(segments, first):
                 ctx.sequence = sequence
                 current.clear()
                 fields = seg.fields
@@ -552,12 +592,16 @@ class MappingEngine:
         return b, deferred
 
     @staticmethod
-    def _unidentified(ctx: MapContext, rspec: CompiledResource) -> bool:
+    def _unidentified(ctx: MapContext, rspec: CompiledResource, sequence: int = 1) -> bool:
         """No identifier to match on: raise, skip the resource, or keep it (create every time)."""
         how = rspec.unidentified
         if how == "skip":
             return False
         if how is None or how == "create":
             return True
+        if how.get("severity") == "W":  # skip this resource, say so, and keep the rest of the message
+            ctx.at(how.get("segment", rspec.anchor), sequence, how.get("field"))
+            ctx.issue("W", int(how.get("code", 101)), how["text"])
+            return False
         raise MappingError(ctx.issues + [Issue(how.get("severity", "E"), int(how.get("code", 101)), how["text"],
-                                               how.get("segment", rspec.anchor), 1, how.get("field"))])
+                                               how.get("segment", rspec.anchor), sequence, how.get("field"))])

@@ -44,6 +44,9 @@ class ResourceIntent:
       ``replace`` (the default for everything not named).
     - ``guard_time``: an instant (ISO 8601) of the source event (MSH-7).  An older
       message never overwrites state written by a newer one.
+    - ``same``: without ``matches`` (no identifier), how a resend is recognised: the
+      stored resource from the same feed whose elements equal these (``subject`` -- a
+      reference, possibly to another intent -- and e.g. ``code``: a DG1 without DG1-20).
     """
 
     resource_type: str
@@ -55,6 +58,7 @@ class ResourceIntent:
     guard_time: str | None = None
     merge_target: str | None = None  # full_url of the surviving resource's intent
     key: str = ""  # short label for logs and tests ("patient", "appointment", ...)
+    same: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

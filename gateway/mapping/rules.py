@@ -306,14 +306,17 @@ def _field_rule(spec: dict[str, Any], codes: dict[str, CodeMap], segment: str, w
         raise MappingConfigError(f"{where}: repeat must be all or first")
     repeat_all = repeat == "all"
     on_error = spec.get("on_error", "error")
-    if on_error not in ("error", "warn"):
-        raise MappingConfigError(f"{where}: on_error must be error or warn")
-    severity = "E" if on_error == "error" else "W"
+    if on_error not in ("error", "warn", "ignore"):
+        raise MappingConfigError(f"{where}: on_error must be error, warn or ignore")
+    # ignore: another rule reads the same field and reports it (a fallback must not say it twice)
+    severity = {"error": "E", "warn": "W"}.get(on_error)
     target = spec["to"]
     scratch = target.startswith("_")
     memo: dict[str, Any] | None = {} if getattr(convert, "memo", False) else None
 
     def failed(ctx: MapContext, exc: ValueError) -> None:
+        if severity is None:
+            return
         consequence = "the message is rejected" if severity == "E" else "the value was left out"
         ctx.issue(severity, 102, f"{ctx.location} is not valid: {exc}; {consequence}")
 

@@ -31,7 +31,7 @@ EXCLUSIVE_SYSTEMS = {"Patient": (NHS_NUMBER,)}
 # new address into the old one).  Shared reference data (practitioners, locations,
 # services), written by nearly every message, is not guarded: that keeps a
 # watermark write off every message for no safeguarding value.
-GUARDED_TYPES = frozenset({"Patient", "Appointment", "ServiceRequest", "Encounter"})
+GUARDED_TYPES = frozenset({"Patient", "Appointment", "ServiceRequest", "Encounter", "Condition"})
 
 
 @dataclass(slots=True)
@@ -49,8 +49,10 @@ def apply_intents(uow: UnitOfWork, result: MappingResult, *, source: str = "") -
     allotted: dict[tuple[str, str, str], str] = {}  # same identifier twice in one message -> one id
     for intent in result.intents:
         keys = [(intent.resource_type, m.system, m.value) for m in intent.matches]
+        if not keys and intent.same:  # e.g. the same diagnosis twice in one message: one Condition
+            keys = [(intent.resource_type, "same", orjson.dumps(intent.same, option=orjson.OPT_SORT_KEYS).decode())]
         earlier = next((allotted[k] for k in keys if k in allotted), None)
-        existing = None if earlier else _find_existing(uow, intent)
+        existing = None if earlier else (_find_existing(uow, intent) or _find_same(uow, intent, outcome.ids, source))
         res_id = earlier or (existing.res_id if existing else _new_id())
         for key in keys:
             allotted.setdefault(key, res_id)
@@ -116,6 +118,40 @@ def _find_existing(uow: UnitOfWork, intent: ResourceIntent) -> Stored | None:
                 continue
             return stored
     return None
+
+
+def _find_same(uow: UnitOfWork, intent: ResourceIntent, ids: dict[str, str], source: str) -> Stored | None:
+    """No identifier (a DG1 without DG1-20): the stored resource this feed wrote earlier for
+    the same subject with the same code is this one -- so a resent message adds nothing.
+    Only the same feed's resources (meta.source): a GP record's Condition with the same
+    code is another record, never overwritten by a hospital diagnosis."""
+    if intent.matches or len(intent.same) < 2:
+        return None
+    from gateway.store.search import matching_ids  # search imports the store modules this one does
+
+    (ref_element, ref_value), *rest = intent.same.items()
+    reference = ref_value.get("reference", "") if isinstance(ref_value, dict) else ""
+    reference = ids.get(reference, reference)  # this message's placeholder -> Type/id
+    if not reference or reference.startswith("urn:"):
+        return None
+    for res_id in matching_ids(uow, intent.resource_type, [(ref_element, reference)]):
+        stored = uow.get(intent.resource_type, res_id)
+        if stored is None or stored.deleted or (stored.resource.get("meta") or {}).get("source", "") != source:
+            continue
+        if all(_same_value(stored.resource.get(element), value) for element, value in rest):
+            return stored
+    return None
+
+
+def _same_value(stored: Any, incoming: Any) -> bool:
+    """Equal for identity: CodeableConcepts sharing a coding (system + code), or -- without
+    codings -- the same text; anything else compared as is."""
+    if isinstance(stored, dict) and isinstance(incoming, dict) and ("coding" in incoming or "text" in incoming):
+        wanted = {(c.get("system"), c.get("code")) for c in incoming.get("coding") or () if c.get("code")}
+        if wanted:
+            return any((c.get("system"), c.get("code")) in wanted for c in stored.get("coding") or ())
+        return (stored.get("text") or "").strip().lower() == (incoming.get("text") or "").strip().lower() != ""
+    return stored == incoming
 
 
 def _follow_replaced_by(uow: UnitOfWork, stored: Stored | None) -> Stored | None:

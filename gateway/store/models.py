@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import BigInteger, Column, Index, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Text, false, text
 from sqlmodel import Field, SQLModel
 
 
@@ -176,7 +176,12 @@ class OutboxEvent(SQLModel, table=True):
     notification worker delivers them after commit (nothing lost in between)."""
 
     __tablename__ = "outbox_events"
-    __table_args__ = (Index("ix_outbox_events_topic", "topic", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_events_topic", "topic", "id"),
+        # The delivery worker's queue: events not yet matched to subscriptions (notify/).
+        Index("ix_outbox_events_pending", "id", sqlite_where=text("dispatched = 0"),
+              postgresql_where=text("NOT dispatched")),
+    )
 
     id: Optional[int] = Field(default=None, primary_key=True)
     created_at: str = Field(max_length=40)
@@ -186,6 +191,90 @@ class OutboxEvent(SQLModel, table=True):
     focus_version: int
     patient_id: str = Field(default="", max_length=64)
     payload: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+    # Set once the delivery worker has matched the event to subscriptions (migration 0002).
+    dispatched: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+
+
+
+# --- Subscriptions (notify/; migration 0002) --------------------------------------------------
+
+class SubscriptionState(SQLModel, table=True):
+    """Delivery state of one Subscription: its secret (never in the resource), the
+    parsed channel/filters, the event counter (gapless per subscription), how far
+    delivery got, backoff, and which replica holds it (lease)."""
+
+    __tablename__ = "subscription_state"
+    __table_args__ = (Index("ix_subscription_state_status", "status"),)
+
+    sub_id: str = Field(primary_key=True, max_length=64)
+    topic: str = Field(max_length=100)
+    status: str = Field(max_length=20)  # requested | active | error | off
+    version_id: int = Field(default=1)
+    secret: str = Field(default="", max_length=200)
+    config: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+    start_outbox_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    events_count: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    delivered_through: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    attempts: int = Field(default=0)
+    failing_since_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    next_attempt_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    last_sent_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    lease_owner: str = Field(default="", max_length=100)
+    lease_until_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+
+
+class SubscriptionEvent(SQLModel, table=True):
+    """One event as numbered for one subscription (event-number 1, 2, 3 ... no gaps);
+    kept so a receiver can replay a range with $events."""
+
+    __tablename__ = "subscription_events"
+
+    sub_id: str = Field(primary_key=True, max_length=64)
+    event_number: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    outbox_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    topic: str = Field(max_length=100)
+    occurred_at: str = Field(max_length=40)
+    focus_type: str = Field(max_length=64)
+    focus_id: str = Field(max_length=64)
+    focus_version: int
+    context: str = Field(default="[]", sa_column=Column(Text, nullable=False, server_default="[]"))
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """Every delivery attempt (handshake, heartbeat, notification): the searchable log."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("ix_delivery_attempts_sub", "sub_id", "id"), Index("ix_delivery_attempts_at", "at_us"))
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    at: str = Field(max_length=40)
+    at_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sub_id: str = Field(max_length=64)
+    kind: str = Field(max_length=30)  # handshake | heartbeat | event-notification
+    first_event: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    last_event: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    http_status: int = Field(default=0)  # 0: no response (refused, timeout)
+    latency_ms: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
+    outcome: str = Field(max_length=10)  # ok | failed
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    replica: str = Field(default="", max_length=100)
 
 
 metadata = SQLModel.metadata
+
+
+class RulesSchedulerState(SQLModel, table=True):
+    """The time-based rules' own bookkeeping (gateway/rules/scheduler.py): one row per
+    job.  A run holds this row locked for its transaction (PostgreSQL: FOR UPDATE
+    SKIP LOCKED), so two replicas never run it at once; the escalation levels
+    themselves live on the Flags, so a restart picks up where the last run was."""
+
+    __tablename__ = "rules_scheduler_state"
+
+    name: str = Field(primary_key=True, max_length=64)
+    last_run_at: str = Field(default="", max_length=40)  # wall clock of the last completed run
+    last_as_of: str = Field(default="", max_length=40)  # the rules' clock of that run
+    runs: int = Field(default=0)
+    last_owner: str = Field(default="", max_length=200)  # host:pid of the process that ran it
+    last_summary: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))

@@ -141,6 +141,30 @@ _TABLE: list[tuple[str, str, str, str, str]] = [
     ("CareTeam", "participant", "reference", "participant.member", ""),
     ("CareTeam", "status", "token", "status", ""),
     ("CareTeam", "category", "token", "category", ""),
+    # Subscription (notify/subscriptions.py)
+    ("Subscription", "status", "token", "status", ""),
+    ("Subscription", "criteria", "string", "criteria", ""),
+    ("Subscription", "type", "token", "channel.type", ""),
+    ("Subscription", "url", "uri", "channel.endpoint", ""),
+    # EpisodeOfCare: a service's episode ending after a WNB is a rules R4 trigger
+    ("EpisodeOfCare", "identifier", "token", "identifier", ""),
+    ("EpisodeOfCare", "patient", "reference", "patient", "Patient"),
+    ("EpisodeOfCare", "status", "token", "status", ""),
+    ("EpisodeOfCare", "organization", "reference", "managingOrganization", ""),
+    ("EpisodeOfCare", "date", "date", "period", ""),
+    # GP records (gprecords/): coded entries, devices, provenance
+    ("Observation", "identifier", "token", "identifier", ""),
+    ("Observation", "patient", "reference", "subject", "Patient"),
+    ("Observation", "subject", "reference", "subject", ""),
+    ("Observation", "code", "token", "code", ""),
+    ("Observation", "status", "token", "status", ""),
+    ("Observation", "category", "token", "category", ""),
+    ("Observation", "date", "date", "effectiveDateTime | effectivePeriod", ""),
+    ("Observation", "encounter", "reference", "encounter", ""),
+    ("Device", "identifier", "token", "identifier", ""),
+    ("Endpoint", "identifier", "token", "identifier", ""),
+    ("Provenance", "target", "reference", "target", ""),
+    ("Provenance", "recorded", "date", "recorded", ""),
 ]
 
 RESOURCE_TYPES: tuple[str, ...] = (

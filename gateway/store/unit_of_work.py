@@ -100,6 +100,7 @@ class UnitOfWork:
         self.changes: list[Change] = []
         self.outbox: list[OutboxRow] = []
         self._sql_cache: dict[str, str] = {}
+        self._stamp: tuple[datetime, str, int] | None = None
 
     # --- SQL plumbing ---------------------------------------------------------------
     def sql(self, query: str) -> str:
@@ -261,11 +262,18 @@ class UnitOfWork:
         self.outbox.clear()
 
     # --- internals --------------------------------------------------------------------
+    def _stamps(self) -> tuple[str, int]:
+        """meta.lastUpdated and its microseconds for ``now``: formatted once per unit of work,
+        not once per write (a bulk import writes hundreds of versions in one)."""
+        stamp = self._stamp
+        if stamp is None or stamp[0] is not self.now:
+            stamp = self._stamp = (self.now, fhir_instant(self.now), indexer.to_us(self.now))
+        return stamp[1], stamp[2]
+
     def _write(self, res_type: str, res_id: str, resource: dict[str, Any], before: Stored | None,
                method: str, source: str) -> Stored:
         version = (before.version_id + 1) if before else 1
-        stamp = fhir_instant(self.now)
-        stamp_us = indexer.to_us(self.now)
+        stamp, stamp_us = self._stamps()
         content = {"resourceType": res_type, "id": res_id}
         content.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
         meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
