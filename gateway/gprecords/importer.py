@@ -21,7 +21,8 @@ Every resource goes through the same steps:
 A Bundle is all or nothing: every problem of every entry is collected, and any
 problem means nothing is written.  NDJSON is committed in bounded batches (short
 transactions, so a running ``gateway serve`` keeps writing in between), each line
-in its own savepoint: a bad line is reported with its number and the rest go in.
+isolated (refused before it writes, or in a savepoint when it may write twice): a bad
+line is reported with its number and the rest go in.
 Precedence when a record joins a resource another source wrote: see ``_merge``.
 """
 
