@@ -28,7 +28,6 @@ import json
 import multiprocessing
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,7 +170,7 @@ async def send_noshows(port: int, rate: float, duration: float, offset: int, on_
 
     async def one(conn_no: int) -> None:
         nonlocal sent
-        async with AsyncMllpClient("127.0.0.1", port) as client:
+        async with AsyncMllpClient("127.0.0.1", port, timeout=60) as client:
             for k in range(conn_no, total, connections):
                 due = start + (k // connections) / per_conn
                 delay = due - time.perf_counter()

@@ -111,7 +111,8 @@ class DeliveryWorker:
         signals.on_wake(self.wake)
         concurrency = max(1, int(self.settings.delivery_concurrency))
         self._slots = asyncio.Semaphore(concurrency)
-        db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-delivery-db")
+        # Two threads: enough to overlap a tick with a read; more only contend for the GIL with ingest.
+        db = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-delivery-db")
         self._db = db
         limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
         client = httpx.AsyncClient(limits=limits, timeout=self.settings.delivery_timeout_seconds,
