@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, codes
 from gateway.notify.topics import advertise_topics
 from gateway.store.search_params import RESOURCE_TYPES, params_for
 
@@ -19,6 +19,14 @@ from gateway.store.search_params import RESOURCE_TYPES, params_for
 TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
                      "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+
+# The $operations served (gateway/api/operations/, $everything in search_routes.py).
+TYPE_OPERATIONS = {
+    "Patient": (("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+                ("missed-appointments", f"{codes.BASE}/OperationDefinition/Patient-missed-appointments")),
+    "CarePlan": (("document", f"{codes.BASE}/OperationDefinition/CarePlan-document"),),
+}
+SYSTEM_OPERATIONS = (("import-gp-record", f"{codes.BASE}/OperationDefinition/import-gp-record"),)
 
 _TYPE_DOCS = {"_id": "Logical id of the resource"}
 
@@ -45,6 +53,9 @@ def capability_statement(base: str) -> dict[str, Any]:
             "searchParam": params,
         })
     advertise_topics(resources)
+    for entry in resources:
+        entry.setdefault("operation", []).extend(
+            {"name": name, "definition": url} for name, url in TYPE_OPERATIONS.get(entry["type"], ()))
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -56,5 +67,6 @@ def capability_statement(base: str) -> dict[str, Any]:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [{"mode": "server", "resource": resources,
-                  "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS]}],
+                  "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                  "operation": [{"name": name, "definition": url} for name, url in SYSTEM_OPERATIONS]}],
     }

@@ -22,15 +22,21 @@ A Bundle is all or nothing: every problem of every entry is collected, and any
 problem means nothing is written.  NDJSON is committed in bounded batches (short
 transactions, so a running ``gateway serve`` keeps writing in between), each line
 isolated (refused before it writes, or in a savepoint when it may write twice): a bad
-line is reported with its number and the rest go in.
+line is reported with its number and the rest go in.  For a large NDJSON import, step 1
+runs in a worker process (``_pipelined``): the next chunk is validated while this one is
+written; each batch asks for its identities in one query and writes its new rows with one
+statement per table (``UnitOfWork.defer_inserts``).
 Precedence when a record joins a resource another source wrote: see ``_merge``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import re
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -218,6 +224,16 @@ class _Writer:
         if item.full_url:
             self.local[item.full_url] = ref
 
+    def prefetch(self, items: list[Item]) -> None:
+        """Ask for every identity key of a batch at once (what ``settle`` will look up)."""
+        wanted: dict[tuple[str, str], list[str]] = {}
+        for item in items:
+            if "identifier" in params_for(item.rtype):
+                for rtype, system, value in self._identity_keys(item):
+                    wanted.setdefault((rtype, system), []).append(value)
+        for (rtype, system), values in wanted.items():
+            self.uow.prefetch_identifiers(rtype, system, values)
+
     def _identity_keys(self, item: Item) -> list[tuple[str, str, str]]:
         out = []
         for i in item.resource.get("identifier") or ():
@@ -329,6 +345,17 @@ class _Writer:
         if item.rtype in _DNA_SOURCES:
             self._derive_noshow(item, stored)
         return stored
+
+    def may_derive(self, item: Item) -> bool:
+        """Could writing ``item`` also write a derived Appointment?  A new entry only if it
+        carries a did-not-attend code itself; an update always may (the stored code counts)."""
+        if item.rtype not in _DNA_SOURCES:
+            return False
+        if item.existing is not None:
+            return True
+        r = item.resource
+        return self._dna.matches(r.get("code") if item.rtype == "Observation" else
+                                 (r.get("type") or []) + (r.get("reasonCode") or [])) is not None
 
     def _derive_noshow(self, item: Item, evidence: Stored) -> None:
         """A coded "did not attend" entry becomes an Appointment (status noshow) for the same
@@ -456,7 +483,7 @@ class Importer:
     """Imports Bundles and NDJSON through ``UnitOfWork``; see the module docstring."""
 
     def __init__(self, engine: Engine, *, source: str | None = None, fhir_version: str | None = None,
-                 batch_size: int = DEFAULT_BATCH) -> None:
+                 batch_size: int = DEFAULT_BATCH, workers: int | None = None) -> None:
         self.engine = engine
         self.explicit_source = make_source(source) if source else None
         self.declared = detect.normalise_declared(fhir_version)
@@ -466,8 +493,15 @@ class Importer:
         # PRAGMA data_version at each batch (as the ingest writer does).
         self._conn = engine.raw_connection() if self.sqlite else None
         self._cache = WriterCache(limit=CACHE_LIMIT) if self.sqlite else None
+        # NDJSON validation in worker processes (see _run_lines): None = decide per import.
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._parallel = 0  # worker processes for the NDJSON import under way
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -480,6 +514,27 @@ class Importer:
 
     def _uow(self):  # noqa: ANN202
         return unit_of_work(self.engine, conn=self._conn, cache=self._cache)
+
+    def _worker_count(self, files: list[Path]) -> int:
+        """One validating worker beside the writer when there are two CPUs and enough lines
+        to repay its start-up; ``workers`` or GATEWAY_IMPORT_WORKERS (0 = none) override."""
+        wanted = self.workers
+        if wanted is None and os.environ.get("GATEWAY_IMPORT_WORKERS", "").strip().isdigit():
+            wanted = int(os.environ["GATEWAY_IMPORT_WORKERS"])
+        if wanted is not None:
+            return max(0, wanted)
+        size = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
+        return 1 if (os.cpu_count() or 1) >= 2 and size >= PARALLEL_MIN_BYTES else 0
+
+    def _pool_for(self, _path: Path) -> ProcessPoolExecutor | None:
+        if not self._parallel:
+            return None
+        if self._pool is None:
+            # spawn, not fork: the parent holds a SQLite connection and may run threads
+            # (a progress bar, a web server's pool); a spawned worker shares neither.
+            self._pool = ProcessPoolExecutor(max_workers=self._parallel, initializer=_warm_worker,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
 
     # entry points -------------------------------------------------------------------------------
     def import_path(self, path: Path, progress: Progress | None = None) -> ImportReport:
@@ -557,6 +612,7 @@ class Importer:
         report = ImportReport()
         deferred: dict[Path, set[int]] = {}
         source = self.explicit_source
+        self._parallel = self._worker_count(files)
         for path in files:
             version = detect.version_of(_sample(path), self.declared, path.name, tolerant=True)
             report.fhir_versions[version] += 1
@@ -573,30 +629,31 @@ class Importer:
 
     def _run_lines(self, path: Path, lines: Iterable[tuple[int, bytes]], version: str, source: Source,
                    report: ImportReport, deferred: dict[Path, set[int]] | None, progress: Progress | None) -> None:
-        batch: list[Item] = []
-        for number, line in lines:
-            where = f"{path.name} line {number}"
-            try:
-                raw = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                report.error(Problem(where, f"not valid JSON: {exc}", code="structure"))
-                raw = None
-            item = prepare(raw, version, where, report) if raw is not None else None
-            if item is not None:
-                item.full_url = str(number)  # the line number, to find it again if deferred
-                batch.append(item)
-            if progress:
-                progress(1)
-            if len(batch) >= self.batch_size:
+        """Prepare (parse + validate) chunks of ``batch_size`` lines and write each chunk in one
+        transaction.  With a worker process, chunk N+1 is validated while chunk N is written;
+        at most ``_AHEAD`` chunks are in flight (bounded memory), and they are written in order."""
+        chunks = _chunks(lines, self.batch_size)
+        pool = self._pool_for(path)
+        if pool is None:
+            prepared = (_prepare_chunk(path.name, version, chunk) for chunk in chunks)
+        else:
+            prepared = _pipelined(pool, path.name, version, chunks, _AHEAD + self._parallel - 1)
+        for part, items in prepared:
+            _merge_prepared(report, part)
+            batch = [_item_of(entry) for entry in items]
+            if batch:
                 self._write_batch(path, batch, source, report, deferred)
-                batch = []
-        if batch:
-            self._write_batch(path, batch, source, report, deferred)
+            if progress:
+                progress(part.lines)
 
     def _write_batch(self, path: Path, batch: list[Item], source: Source, report: ImportReport,
                      deferred: dict[Path, set[int]] | None) -> None:
         with self._uow() as uow:
+            # One statement per table for the batch's new rows, and one identity query per
+            # (type, identifier system) instead of one per line: see UnitOfWork.defer_inserts.
+            uow.defer_inserts()
             writer = _Writer(uow, source, report)
+            writer.prefetch(batch)
             for item in batch:
                 line_no = int(item.full_url or 0)
                 item.full_url = None
@@ -608,7 +665,7 @@ class Importer:
                     # needs a savepoint (two statements per line that most lines do not need).
                     writer.settle(item)
                     writer.resolve_all(item)
-                    if item.rtype in _DNA_SOURCES:
+                    if writer.may_derive(item):
                         with uow.savepoint():
                             writer.write(item)
                     else:
@@ -623,6 +680,97 @@ class Importer:
                     report.error(Problem(item.where, exc.message, exc.expression, "business-rule"))
             writer.provenance(path.name)
             run_after_changes(uow)
+
+
+# --- preparing NDJSON lines, here or in a worker process ------------------------------------------
+_AHEAD = 2  # chunks submitted to the worker beyond the one being written: bounds memory
+PARALLEL_MIN_BYTES = 2_000_000  # below this a worker's start-up (~1 s) costs more than it saves
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """What preparing one chunk found besides its items (merged into the report in order)."""
+
+    lines: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    error_count: int = 0
+    skipped: int = 0
+    skipped_types: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+
+
+# (line number, where, type, source id, body as dict or orjson bytes, notes)
+_Entry = tuple[int, str, str, "str | None", "dict[str, Any] | bytes", list[str]]
+
+
+def _chunks(lines: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for entry in lines:
+        chunk.append(entry)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _prepare_chunk(name: str, version: str, chunk: list[tuple[int, bytes]],
+                   serialise: bool = False) -> tuple[_Prepared, list[_Entry]]:
+    """Parse and fully validate (``prepare``) each line of a chunk; no database.  In a worker
+    (``serialise``) bodies travel back as orjson bytes: far cheaper to pickle than dicts."""
+    report = ImportReport()
+    items: list[_Entry] = []
+    for number, line in chunk:
+        where = f"{name} line {number}"
+        try:
+            raw = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            report.error(Problem(where, f"not valid JSON: {exc}", code="structure"))
+            continue
+        item = prepare(raw, version, where, report)
+        if item is not None:
+            body = orjson.dumps(item.resource) if serialise else item.resource
+            items.append((number, where, item.rtype, item.source_id, body, item.notes))
+    part = _Prepared(len(chunk), report.problems, report.error_count, report.skipped, report.skipped_types,
+                     report.notes)
+    return part, items
+
+
+def _prepare_in_worker(name: str, version: str, chunk: list[tuple[int, bytes]]) -> tuple[_Prepared, list[_Entry]]:
+    return _prepare_chunk(name, version, chunk, serialise=True)
+
+
+def _pipelined(pool: Any, name: str, version: str,
+               chunks: Iterator[list[tuple[int, bytes]]], ahead: int) -> Iterator[tuple[_Prepared, list[_Entry]]]:
+    """Results in order, keeping the workers ``ahead`` chunks ahead of the writer."""
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(_prepare_in_worker, name, version, chunk))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _merge_prepared(report: ImportReport, part: _Prepared) -> None:
+    for problem in part.problems:
+        report.error(problem)
+    report.error_count += part.error_count - len(part.problems)  # counted, not kept, in the worker
+    report.skipped += part.skipped
+    report.skipped_types.update(part.skipped_types)
+    report.notes.update(part.notes)
+
+
+def _item_of(entry: _Entry) -> Item:
+    number, where, rtype, source_id, body, notes = entry
+    resource = orjson.loads(body) if isinstance(body, bytes) else body
+    # full_url carries the line number, to find the line again if it is deferred
+    return Item(where, rtype, source_id, str(number), resource, notes)
+
+
+def _warm_worker() -> None:
+    """Import the validation stack once per worker, not on its first chunk's clock."""
+    import gateway.api.validation  # noqa: F401
 
 
 class _Abort(Exception):

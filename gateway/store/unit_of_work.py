@@ -101,6 +101,11 @@ class UnitOfWork:
         self.outbox: list[OutboxRow] = []
         self._sql_cache: dict[str, str] = {}
         self._stamp: tuple[datetime, str, int] | None = None
+        # Bulk mode (defer_inserts): rows of *new* resources wait here, one list per INSERT,
+        # and go out in one executemany per table before any other statement runs.
+        self._pending: dict[str, list[tuple]] | None = None
+        # prefetch_identifiers: (type, system, value) -> live ids, valid until a write touches it
+        self._known_ids: dict[tuple[str, str, str], list[str]] = {}
 
     # --- SQL plumbing ---------------------------------------------------------------
     def sql(self, query: str) -> str:
@@ -113,30 +118,87 @@ class UnitOfWork:
         return cached
 
     def execute(self, query: str, params: tuple | list = ()) -> Any:
+        if self._pending:
+            self.flush()
         self.cur.execute(self.sql(query), params)
         return self.cur
 
     def executemany(self, query: str, rows: list[tuple]) -> None:
+        if self._pending:
+            self.flush()
         if rows:
             self.cur.executemany(self.sql(query), rows)
 
     def fetchall(self, query: str, params: tuple | list = ()) -> list[tuple]:
+        if self._pending:
+            self.flush()
         self.cur.execute(self.sql(query), params)
         return self.cur.fetchall()
 
     def fetchone(self, query: str, params: tuple | list = ()) -> tuple | None:
+        if self._pending:
+            self.flush()
         self.cur.execute(self.sql(query), params)
         return self.cur.fetchone()
+
+    # --- bulk mode (the GP import) ------------------------------------------------------
+    def defer_inserts(self) -> None:
+        """From now on, queue the INSERTs of newly created resources (row, version, index
+        rows) and write them one executemany per table: per-statement cost, not SQLite's,
+        was most of a bulk import's SQL time.  Every other statement (a read, an update,
+        a savepoint, commit) writes the queue first, so nothing ever reads around it; only
+        pure inserts of fresh keys are queued, so their order between tables is free."""
+        if self._pending is None:
+            self._pending = {}
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = {}
+            for query, rows in pending.items():
+                self.cur.executemany(self.sql(query), rows)
+
+    def _queue(self, query: str, row: tuple) -> None:
+        rows = self._pending.get(query)  # type: ignore[union-attr]
+        if rows is None:
+            self._pending[query] = [row]  # type: ignore[index]
+        else:
+            rows.append(row)
+
+    def prefetch_identifiers(self, res_type: str, system: str, values: list[str]) -> None:
+        """Look up many identifiers of one system in one query; ``find_by_token`` then answers
+        them (found or not) without SQL until a write of this unit of work touches them."""
+        wanted = sorted({v for v in values if (res_type, system, v) not in self._known_ids})
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start:start + 400]
+            found: dict[str, list[str]] = {v: [] for v in chunk}
+            for code, res_id in self.fetchall(
+                    "SELECT DISTINCT t.code, t.res_id FROM idx_token t JOIN resources r ON r.res_type=t.res_type "
+                    "AND r.res_id=t.res_id AND NOT r.deleted WHERE t.res_type=? AND t.param='identifier' "
+                    f"AND t.system=? AND t.code IN ({','.join('?' * len(chunk))})", (res_type, system, *chunk)):
+                found[code].append(res_id)
+            for value, ids in found.items():
+                self._known_ids[(res_type, system, value)] = ids
+
+    def _forget_identifiers(self, res_type: str, resource: dict[str, Any] | None) -> None:
+        if resource is not None and self._known_ids:
+            for ident in resource.get("identifier") or ():
+                if isinstance(ident, dict) and ident.get("system") and ident.get("value") is not None:
+                    self._known_ids.pop((res_type, ident["system"], str(ident["value"])), None)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested transaction: one failed message never spoils its batch-mates."""
         name = f"sp{next(_sp_counter)}"
+        self.flush()
         self.cur.execute(f"SAVEPOINT {name}")
         changes, outbox = len(self.changes), len(self.outbox)
         try:
             yield
         except BaseException:
+            if self._pending:
+                self._pending = {}  # queued inside the savepoint: rolled back with it
+            self._known_ids.clear()
             self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self.cur.execute(f"RELEASE SAVEPOINT {name}")
             if self.cache is not None:
@@ -144,6 +206,7 @@ class UnitOfWork:
             del self.changes[changes:]
             del self.outbox[outbox:]
             raise
+        self.flush()
         self.cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # --- reads ------------------------------------------------------------------------
@@ -167,6 +230,10 @@ class UnitOfWork:
 
     def find_by_token(self, res_type: str, param: str, system: str | None, code: str) -> list[str]:
         """Ids of live resources whose ``param`` has this (system, code); system None = any."""
+        if self._known_ids and param == "identifier" and system is not None:
+            known = self._known_ids.get((res_type, system, code))
+            if known is not None:
+                return list(known)
         cache = self.cache if param == "identifier" and system is not None else None
         if cache is not None:
             known = cache.identity(res_type, system, code)
@@ -230,6 +297,7 @@ class UnitOfWork:
         version = before.version_id + 1
         stamp = fhir_instant(self.now)
         stamp_us = indexer.to_us(self.now)
+        self._forget_identifiers(res_type, before.resource)
         content = dict(before.resource)
         content["meta"] = {**content.get("meta", {}), "versionId": str(version), "lastUpdated": stamp}
         text = dumps(content)
@@ -283,17 +351,23 @@ class UnitOfWork:
             meta["source"] = source
         content["meta"] = meta
         text = dumps(content)
-        if before is None:
-            self.execute("INSERT INTO resources (res_type, res_id, version_id, last_updated, last_updated_us, "
-                         "deleted, source, content) VALUES (?,?,?,?,?,?,?,?)",
+        if self._known_ids:
+            self._forget_identifiers(res_type, content)
+            if before is not None:
+                self._forget_identifiers(res_type, before.resource)
+        if before is None and self._pending is not None:
+            self._queue(_INSERT_RESOURCE, (res_type, res_id, version, stamp, stamp_us, False,
+                                           meta.get("source", ""), text))
+            self._queue(_INSERT_VERSION, (res_type, res_id, version, stamp, stamp_us, False, method, text))
+        elif before is None:
+            self.execute(_INSERT_RESOURCE,
                          (res_type, res_id, version, stamp, stamp_us, False, meta.get("source", ""), text))
         else:
             self.execute("UPDATE resources SET version_id=?, last_updated=?, last_updated_us=?, deleted=?, "
                          "source=?, content=? WHERE res_type=? AND res_id=?",
                          (version, stamp, stamp_us, False, meta.get("source", ""), text, res_type, res_id))
-        self.execute("INSERT INTO resource_versions (res_type, res_id, version_id, last_updated, "
-                     "last_updated_us, deleted, method, content) VALUES (?,?,?,?,?,?,?,?)",
-                     (res_type, res_id, version, stamp, stamp_us, False, method, text))
+        if before is not None or self._pending is None:
+            self.execute(_INSERT_VERSION, (res_type, res_id, version, stamp, stamp_us, False, method, text))
         # A deleted resource has no index rows (delete cleared them).
         previous = before.resource if before is not None and not before.deleted else None
         self._write_index(res_type, res_id, content, previous)
@@ -320,6 +394,13 @@ class UnitOfWork:
         """
         new = _index_rows(res_type, res_id, content)
         old = _index_rows(res_type, res_id, previous) if previous is not None else None
+        if old is None and self._pending is not None:
+            for table, (insert_sql, _delete_sql, _key_of) in _INDEX_SQL.items():
+                rows = new[table]
+                if rows:
+                    queued = self._pending.setdefault(insert_sql, [])
+                    queued.extend(rows.values())
+            return
         for table, (insert_sql, delete_sql, key_of) in _INDEX_SQL.items():
             rows = new[table]
             if old is not None:
@@ -340,6 +421,11 @@ def _index_rows(res_type: str, res_id: str, content: dict[str, Any]) -> dict[str
         "idx_reference": {(p, t, i): (res_type, res_id, p, t, i) for p, t, i in rows.reference},
     }
 
+
+_INSERT_RESOURCE = ("INSERT INTO resources (res_type, res_id, version_id, last_updated, last_updated_us, "
+                    "deleted, source, content) VALUES (?,?,?,?,?,?,?,?)")
+_INSERT_VERSION = ("INSERT INTO resource_versions (res_type, res_id, version_id, last_updated, "
+                   "last_updated_us, deleted, method, content) VALUES (?,?,?,?,?,?,?,?)")
 
 # table -> (insert, delete-by-primary-key, row -> delete parameters)
 _INDEX_SQL = {
@@ -385,6 +471,7 @@ def unit_of_work(engine: Engine, *, now: datetime | None = None, conn: Any = Non
             cache = None  # several replicas may write: never trust memory over the database
         uow = UnitOfWork(raw, dialect, now=now, cache=cache)
         yield uow
+        uow.flush()
         uow.flush_outbox()
         raw.commit()
     except BaseException:
