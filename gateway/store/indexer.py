@@ -11,9 +11,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from gateway.store.search_params import SearchParam, indexed_params
+from gateway.store.search_params import indexed_params
 
 MAX_VALUE = 255
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -172,38 +172,144 @@ def split_reference(reference: str) -> tuple[str, str] | None:
     return parts[-2], parts[-1]
 
 
+# --- the compiled extractor ------------------------------------------------------------
+#
+# The parameter table is compiled once per resource type into a plan: parameters grouped
+# by their first path element (each top-level element is looked up once, and the many
+# parameters a resource does not carry cost one dict lookup each), then by the rest of
+# the path (``participant.actor`` is walked once for Appointment's four reference
+# parameters), with one handler per search type that works out a value's rows once and
+# appends them under every parameter name that reads it.  The rows are the same as
+# running each parameter on its own (tests/test_indexer_plan.py checks that against the
+# straightforward per-parameter version on a large corpus).
+
+Handler = Callable[[list[Any], IndexRows], None]
+_CACHED_MAX_LEN = 128  # values repeat (codes, displays, dates): memoise short ones only
+
+
+@lru_cache(maxsize=16384)
+def _normalise_cached(value: str) -> str:
+    return normalise_string(value)
+
+
+@lru_cache(maxsize=8192)
+def _date_range_cached(value: str) -> tuple[int, int] | None:
+    return date_range(value)
+
+
+def _norm(text: str) -> str:
+    return _normalise_cached(text) if len(text) <= _CACHED_MAX_LEN else normalise_string(text)
+
+
+def _date_rows(value: Any) -> Iterator[tuple[int, int]]:
+    """``_dates`` with the string parse memoised (the same few instants recur)."""
+    if type(value) is str and len(value) <= _CACHED_MAX_LEN:
+        rng = _date_range_cached(value)
+        if rng:
+            yield rng
+    else:
+        yield from _dates(value)
+
+
+def _token_handler(names: tuple[str, ...]) -> Handler:
+    def handle(values: list[Any], rows: IndexRows) -> None:
+        token, string = rows.token, rows.string
+        for value in values:
+            pairs = [(system[:MAX_VALUE], code[:MAX_VALUE]) for system, code in _tokens(value)]
+            texts = [(_norm(t), t[:MAX_VALUE]) for t in _token_texts(value)] \
+                if isinstance(value, dict) else ()
+            for name in names:
+                for system, code in pairs:
+                    token.append((name, system, code))
+                if texts:
+                    text_name = name + ":text"
+                    for norm, exact in texts:
+                        string.append((text_name, norm, exact))
+    return handle
+
+
+def _string_handler(names: tuple[str, ...]) -> Handler:
+    def handle(values: list[Any], rows: IndexRows) -> None:
+        string = rows.string
+        for value in values:
+            texts = [(_norm(t), t[:MAX_VALUE]) for t in _strings(value)]
+            for name in names:
+                for norm, exact in texts:
+                    string.append((name, norm, exact))
+    return handle
+
+
+def _date_handler(names: tuple[str, ...]) -> Handler:
+    def handle(values: list[Any], rows: IndexRows) -> None:
+        date = rows.date
+        for value in values:
+            ranges = list(_date_rows(value))
+            for name in names:
+                for low, high in ranges:
+                    date.append((name, low, high))
+    return handle
+
+
+def _reference_handler(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> Handler:
+    def handle(values: list[Any], rows: IndexRows) -> None:
+        reference = rows.reference
+        for value in values:
+            ref = value.get("reference") if isinstance(value, dict) else None
+            target = split_reference(ref) if ref else None
+            if target:
+                target_type, target_id = target[0], target[1][:MAX_VALUE]
+                for name, targets in specs:
+                    if not targets or target_type in targets:
+                        reference.append((name, target_type, target_id))
+    return handle
+
+
+def _uri_handler(names: tuple[str, ...]) -> Handler:
+    def handle(values: list[Any], rows: IndexRows) -> None:
+        token = rows.token
+        for value in values:
+            if isinstance(value, str):
+                for name in names:
+                    token.append((name, "", value[:MAX_VALUE]))
+    return handle
+
+
+_HANDLERS: dict[str, Callable[[tuple], Handler]] = {
+    "token": _token_handler, "string": _string_handler, "date": _date_handler,
+    "reference": _reference_handler, "uri": _uri_handler,
+}
+
+Plan = tuple[tuple[str, tuple[tuple[tuple[str, ...], tuple[Handler, ...]], ...]], ...]
+
+
 @lru_cache(maxsize=None)
-def _params(resource_type: str) -> tuple[SearchParam, ...]:
-    return tuple(indexed_params(resource_type))
+def _plan(resource_type: str) -> Plan:
+    """first element -> (rest of path -> one handler per search type), from the table."""
+    grouped: dict[str, dict[tuple[str, ...], dict[str, list]]] = {}
+    for param in indexed_params(resource_type):
+        if param.type not in _HANDLERS:
+            continue  # quantity/number: not indexed
+        for path in param.paths:
+            by_kind = grouped.setdefault(path[0], {}).setdefault(path[1:], {})
+            spec = (param.name, param.targets) if param.type == "reference" else param.name
+            by_kind.setdefault(param.type, []).append(spec)
+    return tuple(
+        (first, tuple((rest, tuple(_HANDLERS[kind](tuple(specs)) for kind, specs in by_kind.items()))
+                      for rest, by_kind in rests.items()))
+        for first, rests in grouped.items())
 
 
 def extract(resource_type: str, resource: dict[str, Any]) -> IndexRows:
     rows = IndexRows()
-    for param in _params(resource_type):
-        _extract_param(param, resource, rows)
+    get = resource.get
+    for first, branches in _plan(resource_type):
+        child = get(first)
+        if child is None:
+            continue
+        top = child if isinstance(child, list) else [child]
+        for rest, handlers in branches:
+            values = walk(top, rest) if rest else top
+            if values:
+                for handle in handlers:
+                    handle(values, rows)
     return rows
-
-
-def _extract_param(param: SearchParam, resource: dict[str, Any], rows: IndexRows) -> None:
-    name = param.name
-    for path in param.paths:
-        for value in walk(resource, path):
-            if param.type == "token":
-                for system, code in _tokens(value):
-                    rows.token.append((name, system[:MAX_VALUE], code[:MAX_VALUE]))
-                if isinstance(value, dict):
-                    for text in _token_texts(value):
-                        rows.string.append((name + ":text", normalise_string(text), text[:MAX_VALUE]))
-            elif param.type == "string":
-                for text in _strings(value):
-                    rows.string.append((name, normalise_string(text), text[:MAX_VALUE]))
-            elif param.type == "date":
-                for low, high in _dates(value):
-                    rows.date.append((name, low, high))
-            elif param.type == "reference":
-                ref = value.get("reference") if isinstance(value, dict) else None
-                target = split_reference(ref) if ref else None
-                if target and (not param.targets or target[0] in param.targets):
-                    rows.reference.append((name, target[0], target[1][:MAX_VALUE]))
-            elif param.type == "uri" and isinstance(value, str):
-                rows.token.append((name, "", value[:MAX_VALUE]))

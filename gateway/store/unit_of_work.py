@@ -414,11 +414,12 @@ class UnitOfWork:
 def _index_rows(res_type: str, res_id: str, content: dict[str, Any]) -> dict[str, dict[tuple, tuple]]:
     """Index rows keyed by their primary key (so a value twice in a resource is one row)."""
     rows = indexer.extract(res_type, content)
+    head = (res_type, res_id)  # token/date/reference rows are their own key: prefix, don't rebuild
     return {
-        "idx_token": {(p, sy, c): (res_type, res_id, p, sy, c) for p, sy, c in rows.token},
+        "idx_token": {row: head + row for row in rows.token},
         "idx_string": {(p, exact): (res_type, res_id, p, norm, exact) for p, norm, exact in rows.string},
-        "idx_date": {(p, lo, hi): (res_type, res_id, p, lo, hi) for p, lo, hi in rows.date},
-        "idx_reference": {(p, t, i): (res_type, res_id, p, t, i) for p, t, i in rows.reference},
+        "idx_date": {row: head + row for row in rows.date},
+        "idx_reference": {row: head + row for row in rows.reference},
     }
 
 
