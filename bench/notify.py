@@ -193,6 +193,27 @@ async def send_noshows(port: int, rate: float, duration: float, offset: int, on_
     return sent
 
 
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of one process (Linux /proc), 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_tree(gateway_pid: int, receiver_pid: int) -> dict[str, int]:
+    """Who competes for the CPUs: the gateway, its delivery child, the receiver, this sender."""
+    pids = {"gateway (ingest)": gateway_pid, "receiver": receiver_pid, "bench sender": os.getpid()}
+    try:
+        for child in Path(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read_text().split():
+            if "gateway.notify.process" in Path(f"/proc/{child}/cmdline").read_text():
+                pids["delivery process"] = int(child)
+    except OSError:
+        pass
+    return pids
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -242,6 +263,9 @@ def main() -> None:
         make_subscriptions(http_port, f"http://127.0.0.1:{receiver_port}/hook", args.subscriptions, args.max_count)
         control.put("collect")
         results.get()  # drop handshakes (none are events anyway)
+        pids = process_tree(proc.pid, receiver.pid)
+        cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        wall_start = time.time()
 
         # Phase 1: steady state.
         t0 = time.time()
@@ -289,6 +313,12 @@ def main() -> None:
             "complete_and_gapless": complete, "duplicates": duplicates,
             "latency_ms_p50_after_catch_up": round(pct(after, 0.5), 1),
             "latency_ms_p99_after_catch_up": round(pct(after, 0.99), 1)}
+        wall = time.time() - wall_start
+        # Share of one core each process used over both phases (2 cores = 200 % in all).
+        report["cpu_percent_of_one_core"] = {name: round((cpu_seconds(pid) - cpu_start[name]) / wall * 100)
+                                             for name, pid in pids.items()}
+        with open("/proc/loadavg") as f:
+            report["loadavg_at_end"] = f.read().split()[:3]
     finally:
         proc.terminate()
         try:

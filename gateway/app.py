@@ -30,7 +30,7 @@ from gateway.ingest.mllp import MllpServer
 from gateway.ingest.processor import MessageProcessor
 from gateway.ingest.writer import GroupCommitWriter
 from gateway.mapping.engine import MappingEngine
-from gateway.notify.delivery import DeliveryWorker
+from gateway.notify.process import make_delivery
 from gateway.rules.scheduler import RulesScheduler
 from gateway.settings import Settings, use_settings
 from gateway.store.checkpoint import WalCheckpointer
@@ -52,7 +52,7 @@ class Runtime:
         self.writer = GroupCommitWriter(self.engine, self.processor, batch_max=settings.ingest_batch_max)
         self.checkpointer = WalCheckpointer(self.engine)
         # Background work after commit: subscription delivery, time-based rules (drift).
-        self.workers = [DeliveryWorker(self.engine, settings), RulesScheduler(self.engine, settings)]
+        self.workers = [make_delivery(self.engine, settings), RulesScheduler(self.engine, settings)]
         self.mllp: MllpServer | None = None
         self._started = False
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     delivery_concurrency: int = 64
     delivery_max_count: int = 20
     delivery_lease_seconds: float = 30.0
+    # Run delivery in its own OS process (notify/process.py): it then never competes with
+    # ingest for the interpreter lock.  False: a thread in this process (the test fixtures).
+    delivery_process: bool = True
 
     @property
     def is_sqlite(self) -> bool:

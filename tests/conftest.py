@@ -135,7 +135,10 @@ class RunningGateway:
 
 
 def gateway_settings(database_url: str, **overrides: object) -> Settings:
-    values = dict(database_url=database_url, host="127.0.0.1", http_port=0, mllp_port=0, log_level="warning")
+    # Delivery as a thread: a child process per test gateway costs ~1 s of imports each
+    # (tests/test_subscriptions_process.py covers the process; `gateway serve` uses it).
+    values = dict(database_url=database_url, host="127.0.0.1", http_port=0, mllp_port=0, log_level="warning",
+                  delivery_process=False)
     values.update(overrides)
     return Settings(**values)
 
