@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ GP = Path(__file__).parent / "gp"
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
 
 
-def run_import(path: Path, url: str, *extra: str) -> tuple[subprocess.CompletedProcess, int]:
-    """``gateway import`` in a child process; returns the result and its peak RSS (kB)."""
+def run_import(path: Path, url: str, *extra: str) -> tuple[subprocess.CompletedProcess, tuple[int, int]]:
+    """``gateway import`` in a child process; returns the result and peak RSS (kB) of
+    the importer alone and of the importer plus its validation worker."""
     proc = subprocess.Popen([GATEWAY, "import", str(path), "--database-url", url, "--quiet", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     captured: dict[str, str] = {}
@@ -32,11 +34,39 @@ def run_import(path: Path, url: str, *extra: str) -> tuple[subprocess.CompletedP
                for name, f in (("out", proc.stdout), ("err", proc.stderr))]
     for reader in readers:
         reader.start()
-    _pid, status, usage = os.wait4(proc.pid, 0)  # wait4: the child's own peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        # VmHWM, sampled: not wait4's ru_maxrss, which also counts the pages the child
+        # shared with this (large) pytest process between fork and exec.
+        for pid in (proc.pid, *_children(proc.pid)):
+            peaks[pid] = max(peaks.get(pid, 0), _hwm_kb(pid))
+        time.sleep(0.05)
     for reader in readers:
         reader.join(30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, captured["out"], captured["err"]), usage.ru_maxrss
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, captured["out"], captured["err"])
+    return result, (peaks.get(proc.pid, 0), sum(peaks.values()))
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def _hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def count(url: str, rtype: str) -> int:
@@ -94,12 +124,15 @@ def test_fifty_thousand_lines_bounded_memory_while_serving(tmp_path, sqlite_gate
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    result, rss_kb = run_import(path, url)
+    result, (importer_kb, total_kb) = run_import(path, url)
     feeder.join(120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "imported 50000 (created 50000" in result.stdout, result.stdout
     assert acks and set(acks) <= {"AA", "CA"}, acks
-    assert 0 < rss_kb < 250 * 1024, f"peak RSS {rss_kb // 1024} MB"
+    # The issue's bound is for the importer; its validation worker (a second process that
+    # imports the FHIR models) adds ~80-100 MB of its own, bounded too (docs/benchmarks.md).
+    assert 0 < importer_kb < 250 * 1024, f"importer peak RSS {importer_kb // 1024} MB"
+    assert total_kb < 350 * 1024, f"importer + worker peak RSS {total_kb // 1024} MB"
     with sqlite_gateway.http() as http:
         bundle = http.get("/fhir/Observation", params={"_count": 1, "_total": "accurate"}).json()
         assert bundle.get("total", 1) >= 1
