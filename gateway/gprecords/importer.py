@@ -48,7 +48,7 @@ from gateway import codes
 from gateway.api.errors import FhirError
 from gateway.api.validation import validate_resource
 from gateway.gprecords import codelists, detect, ndjson, stu3
-from gateway.gprecords.matching import NOT_MERGED, PatientMatch, match_patient
+from gateway.gprecords.matching import PatientMatch, match_patient
 from gateway.gprecords.report import ImportReport, MatchEntry, Problem
 from gateway.store.cache import WriterCache
 from gateway.store.hooks import WriteRejected, run_after_changes
