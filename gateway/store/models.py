@@ -1,5 +1,5 @@
 """Database tables: versioned FHIR resources, their search index, the HL7 message log
-and the outbox.
+the outbox, subscription delivery state and the rules scheduler state.
 
 The shape follows the mature FHIR servers (HAPI's JPA server): each resource is a
 JSON blob with a version, a history table keeps every version, and small per-kind
@@ -261,9 +261,6 @@ class DeliveryAttempt(SQLModel, table=True):
     replica: str = Field(default="", max_length=100)
 
 
-metadata = SQLModel.metadata
-
-
 class RulesSchedulerState(SQLModel, table=True):
     """The time-based rules' own bookkeeping (gateway/rules/scheduler.py): one row per
     job.  A run holds this row locked for its transaction (PostgreSQL: FOR UPDATE
@@ -278,3 +275,6 @@ class RulesSchedulerState(SQLModel, table=True):
     runs: int = Field(default=0)
     last_owner: str = Field(default="", max_length=200)  # host:pid of the process that ran it
     last_summary: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+
+
+metadata = SQLModel.metadata
