@@ -1,4 +1,4 @@
-"""Database tables: versioned FHIR resources, their search index, the HL7 message log
+"""Database tables: versioned FHIR resources, their search index, the HL7 message log,
 the outbox, subscription delivery state and the rules scheduler state.
 
 The shape follows the mature FHIR servers (HAPI's JPA server): each resource is a
