@@ -126,6 +126,17 @@ class Item:
         return f"{self.rtype}/{self.source_id}" if self.source_id else None
 
 
+def _skip_or_reject(report: Any, where: Any, rtype: str, version: str, label: str) -> None:
+    """A type this gateway does not store: counted as skipped when FHIR knows it,
+    reported as an error when it is no FHIR ``label`` resource type at all."""
+    if _known_type(rtype, version):
+        report.skipped += 1
+        report.skipped_types[rtype] += 1
+    else:
+        report.error(Problem(where, f"unknown resource type {rtype!r} (not a FHIR {label} resource type)",
+                             code="not-supported"))
+
+
 def _known_type(rtype: str, version: str) -> bool:
     try:
         if version == detect.STU3:
@@ -149,12 +160,7 @@ def prepare(raw: Any, version: str, where: str, report: ImportReport) -> Item | 
     if version == detect.STU3:
         target = stu3.r4_type(stype)
         if target is None:
-            if _known_type(stype, version):
-                report.skipped += 1
-                report.skipped_types[stype] += 1
-                return None
-            report.error(Problem(where, f"unknown resource type {stype!r} (not a FHIR STU3 resource type)",
-                                 code="not-supported"))
+            _skip_or_reject(report, where, stype, version, "STU3")
             return None
         converted = stu3.convert(raw)
         resource, notes = converted.resource or {}, converted.notes
@@ -162,12 +168,7 @@ def prepare(raw: Any, version: str, where: str, report: ImportReport) -> Item | 
         resource = raw
     rtype = resource["resourceType"]
     if rtype not in IMPORT_TYPES:
-        if _known_type(rtype, detect.R4):
-            report.skipped += 1
-            report.skipped_types[rtype] += 1
-            return None
-        report.error(Problem(where, f"unknown resource type {rtype!r} (not a FHIR R4 resource type)",
-                             code="not-supported"))
+        _skip_or_reject(report, where, rtype, detect.R4, "R4")
         return None
     try:
         validate_resource(rtype, resource)

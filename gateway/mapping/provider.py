@@ -73,12 +73,7 @@ def _practitioner(seg: Segment, ctx: MapContext) -> tuple[dict[str, Any] | None,
     resource: dict[str, Any] = {"resourceType": "Practitioner", "identifier": identifiers}
     if names:
         resource["name"] = names
-    telecom = _telecoms(seg, 5, ctx)
-    if telecom:
-        resource["telecom"] = telecom
-    addresses = [a for a in (xad_to_address(c, ctx) for c in _reps(seg, 3, ctx)) if a]
-    if addresses:
-        resource["address"] = addresses
+    _add_contacts(resource, seg, ctx, telecom_field=5, address_field=3)
     return resource, display
 
 
@@ -92,13 +87,19 @@ def _organization(seg: Segment, ctx: MapContext) -> tuple[dict[str, Any] | None,
     if isinstance(implied, dict):  # a name without an id: display only
         return None, implied.get("display", "")
     resource = dict(implied.resource)
-    telecom = _telecoms(seg, 13, ctx)
+    _add_contacts(resource, seg, ctx, telecom_field=13, address_field=11)
+    return resource, implied.display
+
+
+def _add_contacts(resource: dict[str, Any], seg: Segment, ctx: MapContext, *, telecom_field: int,
+                  address_field: int) -> None:
+    """telecom (XTN) and address (XAD) from the PRD fields that hold them, when present."""
+    telecom = _telecoms(seg, telecom_field, ctx)
     if telecom:
         resource["telecom"] = telecom
-    addresses = [a for a in (xad_to_address(c, ctx) for c in _reps(seg, 11, ctx)) if a]
+    addresses = [a for a in (xad_to_address(c, ctx) for c in _reps(seg, address_field, ctx)) if a]
     if addresses:
         resource["address"] = addresses
-    return resource, implied.display
 
 
 def prd_reference(seg: Segment, ctx: MapContext, roles: frozenset[str]) -> dict[str, Any] | None:
